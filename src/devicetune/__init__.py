@@ -1,0 +1,70 @@
+"""devicetune: on-device personalization, from the model an app ships to the federated
+server that emits its next signed version.
+
+The public API is exactly what this module re-exports. It stays light to import:
+TensorFlow, coremltools and Flower load only inside the functions that use them.
+"""
+
+from devicetune.config import (
+    DevicetuneConfig,
+    EmitConfig,
+    ExportConfig,
+    FleetConfig,
+    HeadSpec,
+    PrivacyConfig,
+    ServerConfig,
+    load_config,
+    parse_config,
+)
+from devicetune.data import (
+    LabeledData,
+    SyntheticFleet,
+    load_fsdd,
+    load_har,
+    load_har_uci,
+    open_fleet_data,
+)
+from devicetune.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    DevicetuneError,
+    ExportError,
+    NotBuiltYet,
+    ParityError,
+    PrivacyBudgetExceeded,
+    RegistryError,
+    ServerError,
+    UpdateRejected,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "DataError",
+    "DevicetuneConfig",
+    "DevicetuneError",
+    "EmitConfig",
+    "ExportConfig",
+    "ExportError",
+    "FleetConfig",
+    "HeadSpec",
+    "LabeledData",
+    "NotBuiltYet",
+    "ParityError",
+    "PrivacyBudgetExceeded",
+    "PrivacyConfig",
+    "RegistryError",
+    "ServerConfig",
+    "ServerError",
+    "SyntheticFleet",
+    "UpdateRejected",
+    "load_config",
+    "load_fsdd",
+    "load_har",
+    "load_har_uci",
+    "open_fleet_data",
+    "parse_config",
+]

@@ -1,0 +1,161 @@
+"""The `devicetune` command: parse, load config, call the library, print.
+
+Heavy libraries (TensorFlow, coremltools, Ray, Flower's simulation) are imported inside
+the commands that need them, so `devicetune --help` answers at once. A user error
+prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from devicetune.errors import DevicetuneError, NotBuiltYet
+
+app = typer.Typer(
+    name="devicetune",
+    help="On-device personalization: build the models apps ship, simulate a fleet "
+    "fine-tuning them, and serve the federated aggregation that emits new versions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Key pairs that sign and verify model versions.",
+                       no_args_is_help=True)
+privacy_app = typer.Typer(help="Differential privacy planning.", no_args_is_help=True)
+registry_app = typer.Typer(help="The model registry and its HTTP API.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(privacy_app, name="privacy")
+app.add_typer(registry_app, name="registry")
+
+ConfigArg = Annotated[Path, typer.Argument(help="A devicetune TOML config file.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help="Folder of the shared datasets "
+                 "(default: $DEVICETUNE_DATA, else ../shared/datasets)."),
+]
+
+
+def _not_built(command: str, issue: int) -> NoReturn:
+    raise NotBuiltYet(f"`devicetune {command}` is not built yet (issue {issue})")
+
+
+@app.command()
+def fleet(config: ConfigArg, data: DataOpt = None,
+          limit: Annotated[int | None, typer.Option(help="Summarize the first N devices.")]
+          = None) -> None:
+    """Summarize the fleet a config describes: sizes, label mixes, personal styles."""
+    from devicetune.config import load_config, resolve_data_dir
+    from devicetune.data import SyntheticFleet, open_fleet_data, summarize, summarize_synthetic
+    from devicetune.report.console import print_fleet_summary
+
+    cfg = load_config(config)
+    cfg.require("fleet", command="devicetune fleet")
+    assert cfg.fleet is not None
+    source = open_fleet_data(cfg.fleet, cfg.seed, resolve_data_dir(data))
+    ids = range(source.devices if limit is None else min(limit, source.devices))
+    if isinstance(source, SyntheticFleet):
+        summary = summarize_synthetic(source, ids)
+    else:
+        summary = summarize(((k, source.device(k)) for k in ids), len(source.class_names))
+    print_fleet_summary(summary, title=f"{cfg.name}: {cfg.fleet.data.source} fleet")
+
+
+@app.command()
+def build(config: ConfigArg, out: OutOpt, data: DataOpt = None) -> None:
+    """Build the TFLite and Core ML models an app ships, with a parity report."""
+    _not_built("build", 3)
+
+
+@app.command()
+def simulate(config: ConfigArg, out: OutOpt, data: DataOpt = None) -> None:
+    """Simulate a fleet of phones fine-tuning the exported artifacts."""
+    _not_built("simulate", 5)
+
+
+@app.command()
+def serve(config: ConfigArg, out: OutOpt,
+          resume: Annotated[bool, typer.Option(help="Continue from the last round.")] = False
+          ) -> None:
+    """Run the federated aggregation server (a Flower SuperLink and ServerApp)."""
+    _not_built("serve", 7)
+
+
+@app.command()
+def device(config: ConfigArg,
+           superlink: Annotated[str, typer.Option(help="HOST:PORT of the SuperLink.")],
+           device_id: Annotated[int, typer.Option(help="Which simulated device to be.")]
+           ) -> None:
+    """Run one simulated device as a Flower SuperNode."""
+    _not_built("device", 7)
+
+
+@app.command()
+def verify(folder: Annotated[Path, typer.Argument(help="A model folder.")],
+           public_key: Annotated[Path, typer.Option(help="PEM public key.")]) -> None:
+    """Verify a model folder's signature and hashes (exit 0 valid, 2 not)."""
+    _not_built("verify", 9)
+
+
+@app.command()
+def sign(folder: Annotated[Path, typer.Argument(help="A model folder.")],
+         private_key: Annotated[Path, typer.Option(help="PEM private key.")]) -> None:
+    """Sign a model folder in the OpenSSF model-signing format."""
+    _not_built("sign", 9)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A simulate or serve run folder.")]
+           ) -> None:
+    """Write report.html and plots for a run folder."""
+    _not_built("report", 10)
+
+
+@keys_app.command("generate")
+def keys_generate(out: OutOpt) -> None:
+    """Generate an EC key pair for signing model versions."""
+    _not_built("keys generate", 9)
+
+
+@privacy_app.command("plan")
+def privacy_plan(
+    epsilon: Annotated[float | None, typer.Option(help="Target epsilon.")] = None,
+    delta: Annotated[float, typer.Option(help="Target delta.")] = 1e-5,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
+    sampling_rate: Annotated[float, typer.Option(help="Devices per round / population.")]
+    = 0.01,
+    noise_multiplier: Annotated[float | None, typer.Option(help="Given noise.")] = None,
+) -> None:
+    """Noise multiplier for a privacy target, or rounds allowed for a given noise."""
+    _not_built("privacy plan", 8)
+
+
+@registry_app.command("serve")
+def registry_serve(
+    root: Annotated[Path, typer.Option(help="Registry folder.")],
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8080,
+) -> None:
+    """Serve the model registry over HTTP."""
+    _not_built("registry serve", 9)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, without a traceback."""
+    try:
+        app()
+    except DevicetuneError as exc:
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Tables printed in the terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from devicetune.data.summary import FleetSummary, Spread
+
+
+def _fmt(spread: Spread, digits: int = 2) -> tuple[str, str, str]:
+    return (f"{spread.p10:.{digits}f}", f"{spread.median:.{digits}f}",
+            f"{spread.p90:.{digits}f}")
+
+
+def print_fleet_summary(summary: FleetSummary, title: str,
+                        console: Console | None = None) -> None:
+    """The fleet's size and how much its devices differ, as one table."""
+    console = console or Console()
+    table = Table(title=f"{title}: {summary.devices} devices, {summary.windows} windows")
+    for column in ("per device", "p10", "median", "p90"):
+        table.add_column(column, justify="left" if column == "per device" else "right")
+    table.add_row("windows", *_fmt(summary.windows_per_device, 0))
+    table.add_row("classes seen", *_fmt(summary.classes_seen, 0))
+    table.add_row("label mix distance (TV)", *_fmt(summary.label_mix_distance))
+    for name, spread in summary.style.items():
+        table.add_row(f"style: {name}", *_fmt(spread))
+    console.print(table)
+    console.print(
+        f"channel means: std across devices {summary.channel_mean_between_std:.3f}, "
+        f"std within a device {summary.channel_mean_within_std:.3f}"
+    )

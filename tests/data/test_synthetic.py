@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+
+from devicetune.data import SyntheticFleet, summarize_synthetic
+
+
+def test_same_seed_gives_the_same_devices() -> None:
+    a, b = SyntheticFleet(50, seed=7), SyntheticFleet(50, seed=7)
+    for k in (0, 13, 49):
+        da, db = a.device(k), b.device(k)
+        np.testing.assert_array_equal(da.x, db.x)
+        np.testing.assert_array_equal(da.y, db.y)
+
+
+def test_another_seed_gives_another_fleet() -> None:
+    a, b = SyntheticFleet(5, seed=1).device(0), SyntheticFleet(5, seed=2).device(0)
+    assert a.x.shape != b.x.shape or not np.allclose(a.x, b.x)
+
+
+def test_a_device_does_not_depend_on_fleet_size_or_order() -> None:
+    small, large = SyntheticFleet(10, seed=3), SyntheticFleet(10_000, seed=3)
+    large.device(9_999)  # generating another device first changes nothing
+    np.testing.assert_array_equal(small.device(4).x, large.device(4).x)
+
+
+def test_devices_differ_in_label_mix_and_feature_statistics() -> None:
+    fleet = SyntheticFleet(200, seed=0)
+    summary = summarize_synthetic(fleet)
+    # Label mixes: the typical device is far from the fleet's overall mix.
+    assert summary.label_mix_distance.median > 0.25
+    assert summary.classes_seen.p10 < 6
+    # Feature statistics: per-device channel means spread across devices by a sizable
+    # fraction of the within-device spread (personal gain, offset, rotation).
+    assert summary.channel_mean_between_std > 0.2 * summary.channel_mean_within_std
+    assert summary.style["rotation_deg"].p90 - summary.style["rotation_deg"].p10 > 20
+    # Two devices' mean windows of the same class differ beyond noise.
+    d0, d1 = fleet.device(0), fleet.device(1)
+    shared = set(d0.y) & set(d1.y)
+    c = min(shared)
+    gap = np.abs(d0.x[d0.y == c].mean(axis=(0, 1)) - d1.x[d1.y == c].mean(axis=(0, 1)))
+    assert gap.max() > 0.1
+
+
+def test_data_arrives_in_bouts_so_early_windows_are_skewed() -> None:
+    fleet = SyntheticFleet(100, seed=0)
+    missing_early = 0
+    for _, data in fleet.iter_devices():
+        half = len(data) // 2
+        missing_early += len(set(data.y[half:]) - set(data.y[:half])) > 0
+    assert missing_early > 20
+
+
+def test_ten_thousand_devices_stream_in_bounded_memory() -> None:
+    fleet = SyntheticFleet(10_000, seed=0, windows_per_device=20)
+    tracemalloc.start()
+    windows = 0
+    for _, data in fleet.iter_devices():
+        windows += len(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    held_if_stored = windows * 128 * 9 * 4
+    assert windows > 150_000
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    assert peak < held_if_stored / 20
