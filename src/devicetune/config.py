@@ -468,7 +468,7 @@ def to_toml(config: DevicetuneConfig) -> str:
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where the shared datasets live: ``explicit``, else ``$DEVICETUNE_DATA``, else
-    ``../shared/datasets`` beside the project root (or the working directory).
+    ``../shared/datasets`` beside the project root (or an ancestor of it).
 
     Reading the environment belongs here, at the edge; the library receives the path.
     """
@@ -477,12 +477,15 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get("DEVICETUNE_DATA")
     if env:
         return Path(env)
+    # ../shared/datasets beside the project, or beside the nearest ancestor that has one
+    # (a CI clone may sit a level deeper than the working copy).
     project_root = Path(__file__).resolve().parents[2]
-    for base in (project_root, Path.cwd()):
-        candidate = (base / ".." / "shared" / "datasets").resolve()
-        if candidate.is_dir():
-            return candidate
-    return (Path.cwd() / ".." / "shared" / "datasets").resolve()
+    for start in (project_root, Path.cwd().resolve()):
+        for ancestor in start.parents:
+            candidate = ancestor / "shared" / "datasets"
+            if candidate.is_dir():
+                return candidate
+    return (project_root / ".." / "shared" / "datasets").resolve()
 
 
 __all__ = [
