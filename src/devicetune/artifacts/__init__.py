@@ -1,0 +1,1 @@
+"""Model versions: manifest, signing, encryption, packaging."""

@@ -1,0 +1,132 @@
+"""`manifest.json`: what a model folder holds, how to call it, and where it came from.
+
+The manifest is the contract between devicetune and the apps: every file's sha256, the
+TFLite signature table, the Core ML update parameters, the class labels, the metrics and
+the privacy spent to produce this version. It is parsed strictly (unknown keys are an
+error), so an app or a verifier never acts on a field it does not understand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from devicetune.errors import ArtifactError
+
+MANIFEST_FILE = "manifest.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorEntry(_Strict):
+    """One input or output of a signature; ``-1`` in ``shape`` is a dynamic dimension."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class SignatureEntry(_Strict):
+    inputs: list[TensorEntry]
+    outputs: list[TensorEntry]
+
+
+class TFLiteEntry(_Strict):
+    """The Android artifact: a TFLite model with trainable signatures."""
+
+    file: str
+    sha256: str
+    signatures: dict[str, SignatureEntry]
+    builtin_ops: list[str] = Field(description="operator codes found in the flatbuffer")
+    batch_size: int = Field(description="static batch of train, train_dp and evaluate")
+    weight_names: list[str] = Field(description="order of get_weights / set_weights")
+    dp_clip_norm: float
+    dp_noise_multiplier: float
+
+
+class RangeEntry(_Strict):
+    """A tunable Core ML update parameter: its default and the range the app may set."""
+
+    default: float
+    min: float
+    max: float
+
+
+class CoreMLEntry(_Strict):
+    """The iOS artifact: an updatable Core ML neural network."""
+
+    file: str
+    sha256: str
+    updatable_layers: list[str]
+    loss: str
+    optimizer: str
+    parameters: dict[str, RangeEntry]
+    training_inputs: list[str] = Field(default_factory=list)
+
+
+class PrivacyEntry(_Strict):
+    """The user-level differential privacy spent to produce this version."""
+
+    epsilon: float
+    delta: float
+    accountant: str
+    noise_multiplier: float
+    clip_norm: float
+    rounds: int
+    sampling_rate: float
+
+
+class Manifest(_Strict):
+    """A model version as the registry stores and the apps read it."""
+
+    format_version: int = 1
+    name: str
+    version: int = Field(ge=1)
+    parent_version: int | None = None
+    created_at: str
+    classes: list[str]
+    input_shape: list[int]
+    files: dict[str, str] = Field(description="file name -> sha256 of every payload file")
+    tflite: TFLiteEntry | None = None
+    coreml: CoreMLEntry | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    privacy: PrivacyEntry | None = None
+    training_config_sha256: str | None = None
+
+    def write(self, folder: Path) -> Path:
+        """Write ``folder/manifest.json`` (stable key order, so its hash is stable)."""
+        path = Path(folder) / MANIFEST_FILE
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+                        + "\n")
+        return path
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Parse ``folder/manifest.json`` strictly.
+
+    Raises:
+        ArtifactError: the manifest is missing, not JSON, or not a valid manifest.
+    """
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no manifest in this model folder") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(f"{path}: invalid manifest: {field}: {first['msg']}") from None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
