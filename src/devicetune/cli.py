@@ -98,14 +98,20 @@ def device(config: ConfigArg,
 def verify(folder: Annotated[Path, typer.Argument(help="A model folder.")],
            public_key: Annotated[Path, typer.Option(help="PEM public key.")]) -> None:
     """Verify a model folder's signature and hashes (exit 0 valid, 2 not)."""
-    _not_built("verify", 9)
+    from devicetune.artifacts.signing import verify_folder
+
+    manifest = verify_folder(folder, public_key)
+    print(f"valid: {manifest.name} version {manifest.version}, "
+          f"{len(manifest.files) + 1} files signed by {public_key}")
 
 
 @app.command()
 def sign(folder: Annotated[Path, typer.Argument(help="A model folder.")],
          private_key: Annotated[Path, typer.Option(help="PEM private key.")]) -> None:
     """Sign a model folder in the OpenSSF model-signing format."""
-    _not_built("sign", 9)
+    from devicetune.artifacts.signing import sign_folder
+
+    print(f"signed: {sign_folder(folder, private_key)}")
 
 
 @app.command()
@@ -118,7 +124,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A simulate or serve run
 @keys_app.command("generate")
 def keys_generate(out: OutOpt) -> None:
     """Generate an EC key pair for signing model versions."""
-    _not_built("keys generate", 9)
+    from devicetune.artifacts.keys import generate_key_pair
+
+    pair = generate_key_pair(out)
+    print(f"private key: {pair.private_key} (keep it secret)\npublic key:  {pair.public_key}")
 
 
 @privacy_app.command("plan")

@@ -81,6 +81,30 @@ class PrivacyEntry(_Strict):
     sampling_rate: float
 
 
+class WrappedKeyEntry(_Strict):
+    """The version's data key, wrapped for one recipient (see `artifacts.encryption`)."""
+
+    recipient: str = Field(description="hex sha256 of the recipient's DER public key")
+    ephemeral_public_key: str = Field(description="base64 X9.62 uncompressed P-256 point")
+    wrapped_key: str = Field(description="base64 nonce(12) | AES-GCM ciphertext | tag(16)")
+
+
+class EncryptedFileEntry(_Strict):
+    """Where an encrypted payload file lives and what its plaintext hashes to."""
+
+    file: str = Field(description="the ciphertext file in this folder")
+    sha256: str = Field(description="sha256 of the plaintext")
+
+
+class EncryptionEntry(_Strict):
+    """How the payload files of an encrypted version are protected."""
+
+    scheme: str
+    recipients: list[WrappedKeyEntry]
+    files: dict[str, EncryptedFileEntry] = Field(
+        description="plaintext file name -> its ciphertext file")
+
+
 class Manifest(_Strict):
     """A model version as the registry stores and the apps read it."""
 
@@ -97,6 +121,9 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict)
     privacy: PrivacyEntry | None = None
     training_config_sha256: str | None = None
+    encryption: EncryptionEntry | None = Field(
+        default=None, description="set when the payload files are encrypted; `files` then "
+        "lists the ciphertext files")
 
     def write(self, folder: Path) -> Path:
         """Write ``folder/manifest.json`` (stable key order, so its hash is stable)."""
