@@ -7,6 +7,7 @@ prints one line and exits with code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -40,6 +41,21 @@ DataOpt = Annotated[
 ]
 
 
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CPU features, CUDA probing,
+    oneDNN notes) kept off the user's terminal; errors still surface as exceptions."""
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _not_built(command: str, issue: int) -> NoReturn:
     raise NotBuiltYet(f"`devicetune {command}` is not built yet (issue {issue})")
 
@@ -68,7 +84,17 @@ def fleet(config: ConfigArg, data: DataOpt = None,
 @app.command()
 def build(config: ConfigArg, out: OutOpt, data: DataOpt = None) -> None:
     """Build the TFLite and Core ML models an app ships, with a parity report."""
-    _not_built("build", 3)
+    from devicetune.config import load_config, resolve_data_dir
+
+    cfg = load_config(config)
+    _quiet_tensorflow()
+    from devicetune.export.build import build as build_artifacts
+    from devicetune.report.console import console, print_build
+
+    with console.status("building") as status:
+        result = build_artifacts(cfg, out, resolve_data_dir(data),
+                                 progress=lambda step: status.update(step))
+    print_build(result)
 
 
 @app.command()

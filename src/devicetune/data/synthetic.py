@@ -57,6 +57,9 @@ class SyntheticFleet:
         windows_per_device: median windows per user (each user draws around it).
         label_alpha: Dirichlet concentration of personal label mixes (lower = more skew).
         max_rotation_deg: largest phone-orientation rotation a user can have.
+        cohort: which population of users the ids index. Cohorts share the task (the
+            same seed gives the same classes) but not their users: cohort 0 is the
+            fleet, cohort 1 the central pretraining population a team collects.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class SyntheticFleet:
         windows_per_device: int = 60,
         label_alpha: float = 0.7,
         max_rotation_deg: float = 50.0,
+        cohort: int = 0,
     ) -> None:
         if devices < 1:
             raise ValueError(f"devices must be >= 1, got {devices}")
@@ -74,6 +78,7 @@ class SyntheticFleet:
         self.windows_per_device = windows_per_device
         self.label_alpha = label_alpha
         self.max_rotation_deg = max_rotation_deg
+        self.cohort = cohort
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -99,7 +104,8 @@ class SyntheticFleet:
     def _rng(self, device_id: int) -> np.random.Generator:
         if not 0 <= device_id < self.devices:
             raise IndexError(f"device {device_id} is outside 0..{self.devices - 1}")
-        return np.random.default_rng(np.random.SeedSequence([self.seed, 1, device_id]))
+        seed = np.random.SeedSequence([self.seed, 1 + self.cohort, device_id])
+        return np.random.default_rng(seed)
 
     def style(self, device_id: int) -> DeviceStyle:
         """The personal style of one user (cheap: no windows are generated)."""

@@ -1,0 +1,1 @@
+"""Runtimes that execute an exported artifact as a phone would."""

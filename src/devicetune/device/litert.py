@@ -1,0 +1,79 @@
+"""Running the Android artifact as the app does: the LiteRT interpreter and its signatures.
+
+Only `ai_edge_litert` is needed here, not TensorFlow: a phone has no TensorFlow either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from devicetune.errors import ArtifactError
+
+
+class LiteRTModel:
+    """A loaded `model.tflite` with devicetune's signatures, holding its own weights.
+
+    Args:
+        model: path to the file, or its bytes.
+        num_threads: interpreter threads (1 is what a simulated phone gets).
+    """
+
+    def __init__(self, model: Path | bytes, num_threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            if isinstance(model, bytes):
+                self._interpreter = Interpreter(model_content=model, num_threads=num_threads)
+            else:
+                self._interpreter = Interpreter(model_path=str(model), num_threads=num_threads)
+        except ValueError as exc:
+            raise ArtifactError(f"{model if not isinstance(model, bytes) else 'model'}: not a "
+                                f"loadable TFLite model ({exc})") from None
+        signatures = self._interpreter.get_signature_list()
+        missing = {"embed", "train", "evaluate", "get_weights", "set_weights"} - set(signatures)
+        if missing:
+            raise ArtifactError(f"the TFLite model lacks signature(s) {sorted(missing)}; build "
+                                "it with `devicetune build`")
+        self._runners = {name: self._interpreter.get_signature_runner(name)
+                         for name in signatures}
+        details = self._runners["train"].get_input_details()
+        self.batch_size = int(details["features"]["shape"][0])
+        self.feature_dim = int(details["features"]["shape"][1])
+        self.weight_names = sorted(self._runners["get_weights"].get_output_details())
+
+    @property
+    def signatures(self) -> list[str]:
+        return sorted(self._runners)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self._runners["infer"](x=np.asarray(x, np.float32))["probabilities"]
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        return self._runners["embed"](x=np.asarray(x, np.float32))["features"]
+
+    def train(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray,
+              private: bool = False) -> float:
+        """One optimizer step on a full static batch (``mask`` marks the real rows)."""
+        runner = self._runners["train_dp" if private else "train"]
+        out = runner(features=features, labels=labels, mask=mask)
+        return float(out["loss"])
+
+    def evaluate(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray
+                 ) -> tuple[float, float]:
+        out = self._runners["evaluate"](features=features, labels=labels, mask=mask)
+        return float(out["loss"]), float(out["correct"])
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in self._runners["get_weights"]().items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Load new weights; this also restarts the optimizer and re-anchors the
+        proximal term (the artifact treats them as a new global model)."""
+        self._runners["set_weights"](**{k: np.asarray(weights[k], np.float32)
+                                        for k in self.weight_names})
+
+    def configure(self, learning_rate: float, proximal_mu: float = 0.0) -> None:
+        self._runners["configure"](learning_rate=np.float32(learning_rate),
+                                   proximal_mu=np.float32(proximal_mu))

@@ -1,0 +1,1 @@
+"""Exporting artifacts: TFLite, Core ML, parity checks, the build."""

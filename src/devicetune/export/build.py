@@ -1,0 +1,121 @@
+"""`devicetune build`: from a HeadSpec to the folder an app team ships.
+
+Writes ``model.tflite``, ``manifest.json``, ``parity.json`` and ``backbone.keras`` (the
+pretrained backbone, kept so later versions can be rebuilt with new head weights
+without pretraining again). The build fails, after writing ``parity.json``, when a
+parity check fails.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from devicetune.artifacts.manifest import Manifest, TFLiteEntry, sha256_file
+from devicetune.config import DevicetuneConfig
+from devicetune.data.labeled import LabeledData
+from devicetune.errors import ParityError
+from devicetune.export.verify import Check, ParityReport
+
+BACKBONE_FILE = "backbone.keras"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: Path
+    manifest: Manifest
+    parity: ParityReport
+    seconds: dict[str, float]
+
+
+def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
+          progress: Progress | None = None) -> BuildResult:
+    """Build, verify and describe the artifacts for ``config``.
+
+    Raises:
+        ConfigError: the model section is missing or does not fit the data.
+        ExportError: a layer or op cannot be exported.
+        ParityError: an artifact disagrees with TensorFlow (parity.json says where).
+    """
+    from devicetune.device.litert import LiteRTModel
+    from devicetune.export.tflite import (
+        convert_program,
+        operator_names,
+        signature_table,
+        write_tflite,
+    )
+    from devicetune.export.verify import tflite_parity
+    from devicetune.model.trainable import build_trainable_model
+
+    config.require("model", command="devicetune build")
+    assert config.model is not None
+    say = progress or (lambda _: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 3)
+        clock = now
+
+    pretrain = config.model.backbone.pretrain
+    say("building the backbone" + (f" and pretraining it on {pretrain.dataset}"
+                                   if pretrain else ""))
+    model = build_trainable_model(config.model, config.seed, data_dir)
+    model.backbone.save(out_dir / BACKBONE_FILE)
+    lap("backbone")
+
+    say("converting to TFLite (built-in ops only)")
+    program = model.program(config.export)
+    flatbuffer = convert_program(program)
+    tflite_path = write_tflite(flatbuffer, out_dir)
+    lap("tflite")
+
+    say("checking parity: LiteRT against TensorFlow")
+    x, y = _parity_examples(model.sample, model.input_shape, len(model.classes), config.seed)
+    ops = operator_names(flatbuffer)
+    checks = [Check("tflite.builtin_ops_only", 0.0, 0.0, True, f"{len(ops)} built-in ops")]
+    checks += tflite_parity(program, LiteRTModel(flatbuffer), x, y,
+                            steps=config.export.parity_steps, seed=config.seed)
+    report = ParityReport(checks)
+    lap("parity")
+
+    tflite_entry = TFLiteEntry(
+        file=tflite_path.name, sha256=sha256_file(tflite_path),
+        signatures=signature_table(flatbuffer), builtin_ops=ops,
+        batch_size=config.model.batch_size, weight_names=list(program.names),
+        dp_clip_norm=config.export.dp_clip_norm,
+        dp_noise_multiplier=config.export.dp_noise_multiplier,
+    )
+    manifest = Manifest(
+        name=config.name, version=1, created_at=datetime.now(UTC).isoformat(),
+        classes=model.classes, input_shape=list(model.input_shape),
+        files={tflite_path.name: tflite_entry.sha256}, tflite=tflite_entry,
+    )
+    manifest.write(out_dir)
+    report.write(out_dir)
+    if not report.passed:
+        failed = ", ".join(f"{c.name} (diff {c.max_abs_diff:.3g} > {c.tolerance:.3g})"
+                           for c in report.failed())
+        raise ParityError(f"parity failed: {failed}; see {out_dir / 'parity.json'}")
+    return BuildResult(out_dir, manifest, report, seconds)
+
+
+def _parity_examples(sample: LabeledData | None, input_shape: tuple[int, ...],
+                     num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real examples when the build pretrained on data, else standard normal inputs."""
+    if sample is not None:
+        return sample.x[:256], sample.y[:256]
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(256, *input_shape)).astype(np.float32)
+    return x, rng.integers(0, num_classes, 256)

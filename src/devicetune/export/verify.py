@@ -1,0 +1,143 @@
+"""Parity: the exported artifacts compute what the TensorFlow definition computes.
+
+Each check runs the same inputs through TensorFlow (the `DeviceProgram` itself) and
+through an exported artifact, and records the largest absolute difference against a
+tolerance. The build writes them to ``parity.json`` and fails if any check fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from devicetune.atomic import atomic_write_json
+from devicetune.device.batching import padded_batches
+
+if TYPE_CHECKING:
+    from devicetune.device.litert import LiteRTModel
+    from devicetune.model.program import DeviceProgram
+
+PARITY_FILE = "parity.json"
+INFER_TOLERANCE = 1e-5
+TRAIN_RELATIVE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison. For relative checks ``tolerance`` is already scaled by the
+    reference's magnitude, so ``passed == (max_abs_diff <= tolerance)`` always."""
+
+    name: str
+    max_abs_diff: float
+    tolerance: float
+    passed: bool
+    note: str = ""
+
+    @classmethod
+    def compare(cls, name: str, ours: np.ndarray, reference: np.ndarray, tolerance: float,
+                relative: bool = False, note: str = "") -> Check:
+        ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+        if ours.shape != reference.shape:
+            return cls(name, float("inf"), tolerance, False,
+                       f"shape {ours.shape} != {reference.shape}")
+        diff = float(np.max(np.abs(ours - reference))) if ours.size else 0.0
+        if relative:
+            tolerance = tolerance * max(1e-12, float(np.max(np.abs(reference))))
+            note = note or "tolerance relative to the reference's largest magnitude"
+        return cls(name, diff, float(tolerance), bool(diff <= tolerance), note)
+
+
+@dataclass
+class ParityReport:
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+
+    def write(self, folder: Path) -> Path:
+        return atomic_write_json(Path(folder) / PARITY_FILE, self.to_dict())
+
+    @classmethod
+    def read(cls, folder: Path) -> ParityReport:
+        raw = json.loads((Path(folder) / PARITY_FILE).read_text())
+        return cls([Check(**c) for c in raw["checks"]])
+
+
+def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: np.ndarray,
+                  steps: int, seed: int) -> list[Check]:
+    """Compare the LiteRT artifact with TensorFlow on every signature.
+
+    ``program`` and ``lite`` must start from the same weights; both are trained here.
+    """
+    rng = np.random.default_rng(seed)
+    checks = [
+        Check.compare("tflite.infer", lite.infer(x), program.infer(x)["probabilities"],
+                      INFER_TOLERANCE),
+    ]
+    reference_features = program.embed(x)["features"].numpy()
+    features = lite.embed(x)
+    checks.append(Check.compare("tflite.embed", features, reference_features,
+                                INFER_TOLERANCE, relative=True))
+    labels = y.astype(np.int32)
+    first_batch = next(padded_batches(features, labels, lite.batch_size))
+    loss, correct = lite.evaluate(*first_batch)
+    reference = program.evaluate(*first_batch)
+    checks.append(Check.compare("tflite.evaluate.loss", loss, reference["loss"],
+                                INFER_TOLERANCE))
+    checks.append(Check.compare("tflite.evaluate.correct", correct, reference["correct"], 0.0))
+
+    def train_both(n: int, private: bool = False) -> tuple[list[float], list[float]]:
+        ours, theirs = [], []
+        signature = program.train_dp if private else program.train
+        for _ in range(n):
+            # Partial batches on purpose: 1..batch_size real rows, the rest masked.
+            real = int(rng.integers(1, lite.batch_size + 1))
+            rows = rng.choice(len(features), size=real, replace=False)
+            batch = next(padded_batches(features[rows], labels[rows], lite.batch_size))
+            ours.append(lite.train(*batch, private=private))
+            theirs.append(float(signature(*batch)["loss"]))
+        return ours, theirs
+
+    def weights_check(name: str, note: str) -> Check:
+        ours = np.concatenate([w.ravel() for w in _ordered(lite.get_weights(), program)])
+        reference = np.concatenate([w.ravel() for w in program.weights()])
+        return Check.compare(name, ours, reference, TRAIN_RELATIVE_TOLERANCE, relative=True,
+                             note=note)
+
+    train_both(steps)
+    checks.append(weights_check(f"tflite.train.{steps}_steps",
+                                f"weights after {steps} steps of partial batches"))
+    learning_rate = float(program.optimizer.learning_rate.numpy()) / 2
+    lite.configure(learning_rate, proximal_mu=0.1)
+    program.configure(np.float32(learning_rate), np.float32(0.1))
+    train_both(max(1, steps // 5))
+    checks.append(weights_check("tflite.train.proximal",
+                                "after configure(learning_rate/2, proximal_mu=0.1)"))
+    ours, theirs = train_both(1, private=True)
+    checks.append(Check.compare("tflite.train_dp.loss", ours, theirs, INFER_TOLERANCE,
+                                note="loss before the noisy update"))
+
+    probe = {name: rng.normal(size=w.shape).astype(np.float32)
+             for name, w in zip(program.names, program.weights(), strict=True)}
+    lite.set_weights(probe)
+    back = lite.get_weights()
+    diff = max(float(np.max(np.abs(back[k] - probe[k]))) for k in probe)
+    checks.append(Check("tflite.weights_roundtrip", diff, 0.0, diff == 0.0,
+                        "set_weights then get_weights returns the same bits"))
+    return checks
+
+
+def _ordered(weights: dict[str, np.ndarray], program: DeviceProgram) -> list[np.ndarray]:
+    return [weights[name] for name in program.names]
+

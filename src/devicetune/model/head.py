@@ -1,0 +1,35 @@
+"""The trainable head's initial weights: a linear softmax or a one-hidden-layer MLP."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from devicetune.config import HeadLayers
+from devicetune.model.backbone import DenseParams
+
+
+def init_head(feature_dim: int, head: HeadLayers, num_classes: int, seed: int
+              ) -> list[DenseParams]:
+    """Glorot-uniform kernels and zero biases (Keras' Dense defaults), seeded."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    widths = [feature_dim, head.hidden_units, num_classes] if head.type == "mlp" else [
+        feature_dim, num_classes]
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        kernel = rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
+        activation = "linear" if i == len(widths) - 2 else "relu"
+        layers.append(DenseParams(kernel, np.zeros(fan_out, np.float32), activation))
+    return layers
+
+
+def head_as_numpy_forward(layers: list[DenseParams], features: np.ndarray) -> np.ndarray:
+    """Probabilities of the head in numpy, float64 (an independent reference)."""
+    hidden = features.astype(np.float64)
+    for layer in layers:
+        hidden = hidden @ layer.kernel.astype(np.float64) + layer.bias
+        if layer.activation == "relu":
+            hidden = np.maximum(hidden, 0.0)
+    hidden -= hidden.max(axis=1, keepdims=True)
+    exp = np.exp(hidden)
+    return exp / exp.sum(axis=1, keepdims=True)
