@@ -174,9 +174,35 @@ def registry_serve(
     root: Annotated[Path, typer.Option(help="Registry folder.")],
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8080,
+    token_file: Annotated[Path | None, typer.Option(
+        help="File holding the publish token (default: $DEVICETUNE_REGISTRY_TOKEN; "
+        "neither: read-only).")] = None,
+    public_key: Annotated[Path | None, typer.Option(
+        help="Accept only versions signed by this PEM public key's pair.")] = None,
 ) -> None:
     """Serve the model registry over HTTP."""
-    _not_built("registry serve", 9)
+    import os
+
+    from devicetune.artifacts.keys import load_public_key
+    from devicetune.errors import ConfigError
+    from devicetune.registry import Registry, serve
+
+    if token_file is not None:
+        try:
+            token: str | None = token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file {token_file}: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"--token-file {token_file} is empty; put the token in it")
+    else:
+        token = os.environ.get("DEVICETUNE_REGISTRY_TOKEN") or None
+    if public_key is not None:
+        load_public_key(public_key)
+    print(f"registry {root}: publishing "
+          f"{'needs the token' if token else 'disabled (no token)'}, "
+          f"{'signed versions only' if public_key else 'signatures not required'}; "
+          "API docs at /docs", flush=True)
+    serve(Registry(root, public_key=public_key), token=token, host=host, port=port)
 
 
 def main() -> None:

@@ -10,7 +10,9 @@
     ├── PrivacyBudgetExceeded       a round or an emit would overspend epsilon
     ├── UpdateRejected              a device update failed validation
     ├── ArtifactError               a file is corrupt, tampered, unsigned or undecryptable
-    ├── RegistryError               a registry request cannot be served (conflict, name)
+    ├── RegistryError               a registry request cannot be served (bad name, ...)
+    │   ├── VersionExists           publishing a version that exists (never overwritten)
+    │   └── NotInRegistry           no such model, version or file
     ├── ServerError                 the federation cannot go on (quorum, resume state)
     └── NotBuiltYet                 a command whose issue has not landed yet
 
@@ -57,6 +59,14 @@ class RegistryError(DevicetuneError):
     """A registry operation cannot be carried out (bad name, existing version, ...)."""
 
 
+class VersionExists(RegistryError):
+    """A published version is never overwritten; publish the next version instead."""
+
+
+class NotInRegistry(RegistryError):
+    """The registry has no such model, version or file."""
+
+
 class ServerError(DevicetuneError):
     """The federation cannot continue (no quorum, unusable saved state, ...)."""
 
@@ -72,9 +82,11 @@ __all__ = [
     "DevicetuneError",
     "ExportError",
     "NotBuiltYet",
+    "NotInRegistry",
     "ParityError",
     "PrivacyBudgetExceeded",
     "RegistryError",
     "ServerError",
     "UpdateRejected",
+    "VersionExists",
 ]
