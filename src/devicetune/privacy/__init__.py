@@ -1,0 +1,1 @@
+"""Differential privacy: DP-FedAvg, accounting, the ledger and the budget gate."""
