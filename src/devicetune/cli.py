@@ -166,7 +166,23 @@ def privacy_plan(
     noise_multiplier: Annotated[float | None, typer.Option(help="Given noise.")] = None,
 ) -> None:
     """Noise multiplier for a privacy target, or rounds allowed for a given noise."""
-    _not_built("privacy plan", 8)
+    from devicetune.errors import ConfigError
+
+    if epsilon is None:
+        raise ConfigError("--epsilon is required: the target epsilon")
+    if (rounds is None) == (noise_multiplier is None):
+        raise ConfigError("give --rounds (to plan the noise multiplier) or "
+                          "--noise-multiplier (to plan the rounds), not both or neither")
+    import logging
+
+    from devicetune.privacy.planning import format_plan, plan
+
+    # dp-accounting logs through absl when it drops an RDP order that does not
+    # converge; the bound stays valid, and the note is not for a user reading a plan.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    rows = plan(epsilon, delta, sampling_rate, rounds=rounds,
+                noise_multiplier=noise_multiplier)
+    typer.echo(format_plan(rows, epsilon, delta, sampling_rate))
 
 
 @registry_app.command("serve")
