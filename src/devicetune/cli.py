@@ -223,6 +223,8 @@ def registry_serve(
 
 def main() -> None:
     """Entry point: user errors print one line and exit 2, without a traceback."""
+    # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) is not for users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         app()
     except DevicetuneError as exc:

@@ -27,7 +27,9 @@ def test_har_build_from_the_shipped_config(tmp_path: Path) -> None:
     assert manifest.name == "har" and manifest.version == 1
     assert manifest.classes[0] == "WALKING" and len(manifest.classes) == 6
     assert manifest.tflite.sha256 == sha256_file(out / "model.tflite")
-    assert manifest.files == {"model.tflite": manifest.tflite.sha256}
+    assert manifest.files["model.tflite"] == manifest.tflite.sha256
+    assert set(manifest.files) == {"model.tflite", "parity.json", "backbone.keras"}
+    assert all(manifest.files[f] == sha256_file(out / f) for f in manifest.files)
     assert set(manifest.tflite.signatures) == SIGNATURES
     assert manifest.tflite.signatures["train"].inputs[0].shape == [8, 64]
     parity = json.loads((out / "parity.json").read_text())
@@ -36,8 +38,14 @@ def test_har_build_from_the_shipped_config(tmp_path: Path) -> None:
     assert {"tflite.infer", "tflite.train.100_steps", "tflite.weights_roundtrip"} <= names
     assert all(set(c) >= {"name", "max_abs_diff", "tolerance", "passed"}
                for c in parity["checks"])
-    # Pretrained on subjects 1-15, the shipped head already recognises activities.
     assert "parity check" in result.stdout
+    # The build folder is a release: it signs and verifies as it is.
+    keys = run_cli("keys", "generate", "--out", str(tmp_path / "keys"))
+    assert keys.returncode == 0, keys.stderr
+    signed = run_cli("sign", str(out), "--private-key", str(tmp_path / "keys" / "private_key.pem"))
+    assert signed.returncode == 0, signed.stderr
+    checked = run_cli("verify", str(out), "--public-key", str(tmp_path / "keys" / "public_key.pem"))
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_unsupported_layer_fails_the_build_in_one_line(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from devicetune.artifacts.manifest import Manifest, TFLiteEntry, sha256_file
 from devicetune.config import DevicetuneConfig
 from devicetune.data.labeled import LabeledData
 from devicetune.errors import ParityError
-from devicetune.export.verify import Check, ParityReport
+from devicetune.export.verify import PARITY_FILE, Check, ParityReport
 
 BACKBONE_FILE = "backbone.keras"
 
@@ -97,13 +97,17 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         dp_clip_norm=config.export.dp_clip_norm,
         dp_noise_multiplier=config.export.dp_noise_multiplier,
     )
+    report.write(out_dir)
+    # Every file of the folder is listed, so the whole release can be signed: the
+    # artifacts apps run, the parity evidence, and the backbone later versions build on.
+    files = {path.name: sha256_file(path) for path in (
+        tflite_path, out_dir / PARITY_FILE, out_dir / BACKBONE_FILE)}
     manifest = Manifest(
         name=config.name, version=1, created_at=datetime.now(UTC).isoformat(),
         classes=model.classes, input_shape=list(model.input_shape),
-        files={tflite_path.name: tflite_entry.sha256}, tflite=tflite_entry,
+        files=files, tflite=tflite_entry,
     )
     manifest.write(out_dir)
-    report.write(out_dir)
     if not report.passed:
         failed = ", ".join(f"{c.name} (diff {c.max_abs_diff:.3g} > {c.tolerance:.3g})"
                            for c in report.failed())
