@@ -57,6 +57,18 @@ class RangeEntry(_Strict):
     max: float
 
 
+class KNNEntry(_Strict):
+    """The optional iOS kNN artifact: backbone embedding, then an updatable k-nearest-
+    neighbours classifier that starts empty and learns from the examples an app adds."""
+
+    file: str
+    sha256: str
+    neighbors: int
+    embedding_dim: int
+    default_label: str = Field(description="predicted while no example has been added")
+    weighting: str = Field(description="'inverse_distance' or 'uniform'")
+
+
 class CoreMLEntry(_Strict):
     """The iOS artifact: an updatable Core ML neural network."""
 
@@ -65,8 +77,11 @@ class CoreMLEntry(_Strict):
     updatable_layers: list[str]
     loss: str
     optimizer: str
-    parameters: dict[str, RangeEntry]
+    parameters: dict[str, RangeEntry] = Field(
+        description="learning_rate, batch_size, epochs and the optimizer's own parameters")
     training_inputs: list[str] = Field(default_factory=list)
+    shuffle: bool = Field(True, description="examples are shuffled every epoch")
+    knn: KNNEntry | None = None
 
 
 class PrivacyEntry(_Strict):
