@@ -53,6 +53,16 @@ def variant(data_dir: Path):
     return make
 
 
+@pytest.fixture(scope="session")
+def har_build(tmp_path_factory: pytest.TempPathFactory):
+    """`devicetune build simulations/har_build.toml`, run once through the CLI (it
+    pretrains, about 20 s); several tests read the folder it writes."""
+    from tests.conftest import run_cli
+
+    out = tmp_path_factory.mktemp("har-build") / "har"
+    return out, run_cli("build", "simulations/har_build.toml", "--out", str(out))
+
+
 def examples(shape: tuple[int, ...], n: int = 96, seed: int = 0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, *shape)).astype(np.float32), rng.integers(0, 6, n)

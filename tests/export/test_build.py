@@ -19,16 +19,16 @@ SIGNATURES = {"infer", "embed", "train", "train_dp", "evaluate", "get_weights",
               "set_weights", "configure"}
 
 
-def test_har_build_from_the_shipped_config(tmp_path: Path) -> None:
-    out = tmp_path / "har"
-    result = run_cli("build", "simulations/har_build.toml", "--out", str(out))
+def test_har_build_from_the_shipped_config(tmp_path: Path, har_build) -> None:
+    out, result = har_build
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(out)
     assert manifest.name == "har" and manifest.version == 1
     assert manifest.classes[0] == "WALKING" and len(manifest.classes) == 6
     assert manifest.tflite.sha256 == sha256_file(out / "model.tflite")
     assert manifest.files["model.tflite"] == manifest.tflite.sha256
-    assert set(manifest.files) == {"model.tflite", "parity.json", "backbone.keras"}
+    assert set(manifest.files) == {"model.tflite", "Model.mlmodel", "parity.json",
+                                   "backbone.keras"}
     assert all(manifest.files[f] == sha256_file(out / f) for f in manifest.files)
     assert set(manifest.tflite.signatures) == SIGNATURES
     assert manifest.tflite.signatures["train"].inputs[0].shape == [8, 64]

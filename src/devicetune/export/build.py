@@ -1,26 +1,32 @@
 """`devicetune build`: from a HeadSpec to the folder an app team ships.
 
-Writes ``model.tflite``, ``manifest.json``, ``parity.json`` and ``backbone.keras`` (the
-pretrained backbone, kept so later versions can be rebuilt with new head weights
-without pretraining again). The build fails, after writing ``parity.json``, when a
-parity check fails.
+Writes ``model.tflite``, ``Model.mlmodel`` (and ``ModelKNN.mlmodel`` if asked),
+``manifest.json``, ``parity.json`` and ``backbone.keras`` (the pretrained backbone, kept
+so later versions can be rebuilt with new head weights without pretraining again). The
+build fails, after writing ``parity.json``, when a parity check fails.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from devicetune.artifacts.manifest import Manifest, TFLiteEntry, sha256_file
 from devicetune.config import DevicetuneConfig
 from devicetune.data.labeled import LabeledData
-from devicetune.errors import ParityError
+from devicetune.errors import ConfigError, ParityError
 from devicetune.export.verify import PARITY_FILE, Check, ParityReport
+
+if TYPE_CHECKING:
+    from devicetune.export.coreml import CoreMLArtifacts
+    from devicetune.model.trainable import TrainableModel
 
 BACKBONE_FILE = "backbone.keras"
 
@@ -56,6 +62,9 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
 
     config.require("model", command="devicetune build")
     assert config.model is not None
+    if config.export.coreml_knn and not config.export.coreml:
+        raise ConfigError("export.coreml_knn = true needs export.coreml = true (the kNN "
+                          "model ships beside the Core ML classifier)")
     say = progress or (lambda _: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,10 +94,20 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     x, y = _parity_examples(model.sample, model.input_shape, len(model.classes), config.seed)
     ops = operator_names(flatbuffer)
     checks = [Check("tflite.builtin_ops_only", 0.0, 0.0, True, f"{len(ops)} built-in ops")]
-    checks += tflite_parity(program, LiteRTModel(flatbuffer), x, y,
+    lite = LiteRTModel(flatbuffer)
+    shipped_weights = lite.get_weights()  # before tflite_parity trains the artifact
+    checks += tflite_parity(program, lite, x, y,
                             steps=config.export.parity_steps, seed=config.seed)
-    report = ParityReport(checks)
     lap("parity")
+
+    coreml = None
+    if config.export.coreml:
+        say("converting to Core ML (updatable neural network) and checking its reference "
+            "interpreter against TensorFlow")
+        coreml, coreml_checks = _build_coreml(model, config, shipped_weights, x, y, out_dir)
+        checks += coreml_checks
+        lap("coreml")
+    report = ParityReport(checks)
 
     tflite_entry = TFLiteEntry(
         file=tflite_path.name, sha256=sha256_file(tflite_path),
@@ -102,10 +121,12 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     # artifacts apps run, the parity evidence, and the backbone later versions build on.
     files = {path.name: sha256_file(path) for path in (
         tflite_path, out_dir / PARITY_FILE, out_dir / BACKBONE_FILE)}
+    if coreml is not None:
+        files.update(coreml.files)
     manifest = Manifest(
         name=config.name, version=1, created_at=datetime.now(UTC).isoformat(),
         classes=model.classes, input_shape=list(model.input_shape),
-        files=files, tflite=tflite_entry,
+        files=files, tflite=tflite_entry, coreml=coreml.entry if coreml else None,
     )
     manifest.write(out_dir)
     if not report.passed:
@@ -113,6 +134,29 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
                            for c in report.failed())
         raise ParityError(f"parity failed: {failed}; see {out_dir / 'parity.json'}")
     return BuildResult(out_dir, manifest, report, seconds)
+
+
+def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
+                  shipped_weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                  out_dir: Path) -> tuple[CoreMLArtifacts, list[Check]]:
+    """Write the Core ML model(s) and check them with the reference interpreter against a
+    fresh TensorFlow program (the one the TFLite checks used has trained)."""
+    from devicetune.export.coreml import build_coreml
+    from devicetune.export.coreml_reference import CoreMLReference
+    from devicetune.export.verify import coreml_parity, knn_parity
+
+    artifacts = build_coreml(model, config.export, out_dir)
+    with tempfile.TemporaryDirectory(prefix="devicetune-coreml-") as scratch:
+        checks = coreml_parity(CoreMLReference(artifacts.path), model.program(config.export),
+                               shipped_weights, x, y, config.seed, Path(scratch))
+    if artifacts.knn_path is not None:
+        from devicetune.export.coreml_knn import KNNReference
+
+        rows = np.arange(min(len(x), 64))
+        embedding = np.asarray(model.backbone(x[rows], training=False))
+        labels = [model.classes[int(i)] for i in y[rows]]
+        checks += knn_parity(KNNReference(artifacts.knn_path), embedding, x[rows], labels)
+    return artifacts, checks
 
 
 def _parity_examples(sample: LabeledData | None, input_shape: tuple[int, ...],

@@ -19,11 +19,16 @@ from devicetune.device.batching import padded_batches
 
 if TYPE_CHECKING:
     from devicetune.device.litert import LiteRTModel
+    from devicetune.export.coreml_knn import KNNReference
+    from devicetune.export.coreml_reference import CoreMLReference
     from devicetune.model.program import DeviceProgram
 
 PARITY_FILE = "parity.json"
 INFER_TOLERANCE = 1e-5
 TRAIN_RELATIVE_TOLERANCE = 1e-4
+# The Core ML reference interpreter against TensorFlow (absolute, on probabilities and
+# on weights after an epoch).
+COREML_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -141,3 +146,71 @@ def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: n
 def _ordered(weights: dict[str, np.ndarray], program: DeviceProgram) -> list[np.ndarray]:
     return [weights[name] for name in program.names]
 
+
+def coreml_parity(reference: CoreMLReference, program: DeviceProgram,
+                  tflite_weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                  seed: int, scratch: Path) -> list[Check]:
+    """Compare the Core ML model, run by the reference interpreter, with TensorFlow.
+
+    ``program`` must be fresh (the shipped weights, optimizer state at zero): it trains
+    one epoch here. ``tflite_weights`` are the LiteRT artifact's untrained `get_weights`.
+    ``scratch`` is a folder for the save-and-reload check.
+    """
+    from devicetune.export.coreml import updatable_problems
+    from devicetune.export.coreml_reference import CoreMLReference
+
+    problems = updatable_problems(reference.spec)
+    checks = [Check("coreml.updatable", float(len(problems)), 0.0, not problems,
+                    "; ".join(problems) or "updatable classifier, loss on a softmax, "
+                    f"layers {', '.join(reference.updatable_layers)}")]
+    checks.append(Check.compare("coreml.predict", reference.predict(x),
+                                program.infer(x)["probabilities"], COREML_TOLERANCE))
+    features = program.embed(x)["features"].numpy()
+    checks.append(Check.compare("coreml.features", reference.features(x), features,
+                                COREML_TOLERANCE, relative=True))
+    checks.append(Check.compare(
+        "coreml.weights_equal_tflite", _flat(reference.get_weights(), program.names),
+        _flat(tflite_weights, program.names), 0.0,
+        note="the Core ML head carries the TFLite artifact's weights, bit for bit"))
+
+    # One epoch as MLUpdateTask runs it, and the same batches, in the same order, through
+    # the TensorFlow step (the last batch partial, padded and masked). Both start from the
+    # same features: Adam's first steps move a weight by about lr * sign(gradient), so a
+    # gradient near zero would turn feature rounding (checked above) into weight noise.
+    labels = y.astype(np.int32)
+    reference.update(features, labels, epochs=1, shuffle_seed=seed)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    for batch in padded_batches(features, labels, reference.batch_size, order=order):
+        program.train(*batch)
+    ours = _flat(reference.get_weights(), program.names)
+    checks.append(Check.compare(
+        "coreml.update.1_epoch", ours, np.concatenate([w.ravel() for w in program.weights()]),
+        COREML_TOLERANCE, note=f"{len(labels)} examples, batch {reference.batch_size}, "
+        f"{reference.update_parameters.optimizer}; float32 TensorFlow against the float64 "
+        "reference (Adam magnifies the rounding of near-zero gradients)"))
+
+    saved = CoreMLReference(reference.save(Path(scratch) / "updated.mlmodel"))
+    checks.append(Check.compare("coreml.save_reload", _flat(saved.get_weights(), program.names),
+                                ours, 0.0, note="updated weights survive save and reload"))
+    return checks
+
+
+def knn_parity(knn: KNNReference, embedding: np.ndarray, x: np.ndarray, labels: list[str]
+               ) -> list[Check]:
+    """The kNN pipeline: its embedding equals the backbone's, it starts empty, and the
+    examples it is given are classified as their labels afterwards."""
+    checks = [Check.compare("coreml_knn.embedding", knn.features(x), embedding,
+                            COREML_TOLERANCE, relative=True)]
+    before = knn.predict_labels(x)
+    knn.update(x, labels)
+    after = knn.predict_labels(x)
+    wrong = float(np.mean(after != np.asarray(labels)))
+    empty = bool(np.all(before == knn.default_label))
+    checks.append(Check("coreml_knn.adds_and_classifies", wrong, 0.0, empty and wrong == 0.0,
+                        f"predicts {knn.default_label!r} while empty; after adding "
+                        f"{len(labels)} examples, the share misclassified"))
+    return checks
+
+
+def _flat(weights: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(weights[name]).ravel() for name in names])
