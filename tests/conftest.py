@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from devicetune.config import resolve_data_dir
+from devicetune.config import DevicetuneConfig, parse_config, resolve_data_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,3 +31,39 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         cwd=cwd or PROJECT_ROOT, env={**os.environ, **(env or {})},
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+# A small synthetic setup shared by fleet and server tests: one build, reused.
+SMALL = {
+    "name": "small", "seed": 3,
+    "model": {
+        "classes": 6, "input_shape": [128, 9], "batch_size": 8,
+        "backbone": {"architecture": "conv1d_small", "embedding_dim": 16,
+                     "pretrain": {"dataset": "synthetic", "synthetic_devices": 40,
+                                  "epochs": 2}},
+        "optimizer": {"name": "adam", "learning_rate": 0.005},
+    },
+    "export": {"coreml": False, "parity_steps": 10},
+    "fleet": {"devices": 5, "platform_mix": {"android": 1.0}, "availability": 1.0,
+              "dropout": 0.0, "data": {"windows_per_device": 24},
+              "personalization": {"epochs": 4}},
+    "server": {"rounds": 2, "devices_per_round": 4, "min_devices": 2},
+}
+
+
+def small_config(**sections) -> DevicetuneConfig:
+    """The small config with some sections' keys replaced."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SMALL.items()}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) \
+            else values
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="session")
+def small_artifacts(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    from devicetune.export.build import build
+
+    out = tmp_path_factory.mktemp("small-build")
+    build(small_config(), out, data_dir)
+    return out

@@ -98,9 +98,25 @@ def build(config: ConfigArg, out: OutOpt, data: DataOpt = None) -> None:
 
 
 @app.command()
-def simulate(config: ConfigArg, out: OutOpt, data: DataOpt = None) -> None:
-    """Simulate a fleet of phones fine-tuning the exported artifacts."""
-    _not_built("simulate", 5)
+def simulate(
+    config: ConfigArg, out: OutOpt, data: DataOpt = None,
+    engine: Annotated[str, typer.Option(help="inline (the artifacts, in process).")]
+    = "inline",
+    artifacts: Annotated[Path | None, typer.Option(
+        help="Run this `devicetune build` folder instead of building one.")] = None,
+) -> None:
+    """Simulate a fleet of phones federating and personalising the exported artifacts."""
+    from devicetune.config import load_config, resolve_data_dir
+
+    cfg = load_config(config)
+    _quiet_tensorflow()
+    from devicetune.fleet.simulate import simulate as run_simulation
+    from devicetune.report.console import RichProgress, print_simulation
+
+    with RichProgress() as progress:
+        result = run_simulation(cfg, out, resolve_data_dir(data), engine=engine,
+                                artifacts=artifacts, progress=progress)
+    print_simulation(result)
 
 
 @app.command()

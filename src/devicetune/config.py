@@ -215,6 +215,38 @@ class FleetData(_Section):
     _ids = field_validator("subjects", mode="before")(_parse_id_list)
 
 
+class PersonalizationConfig(_Section):
+    """How each device fine-tunes the global model on its own data, and on whom it is
+    measured. Every step is one an app can do with the artifact's signatures."""
+
+    subjects: list[int] = Field(
+        default_factory=list,
+        description="natural users to personalise (e.g. never-seen subjects); empty = the "
+        "fleet's own devices",
+    )
+    max_devices: int = Field(200, ge=1, description="personalise at most this many devices")
+    epochs: int = Field(20, ge=0, le=1000, description="most epochs cross-validation may pick")
+    learning_rate: PositiveFloat | None = Field(None, description="default: the model's")
+    validation_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of local data each validation fold holds"
+    )
+    interpolation: float = Field(
+        1.0, gt=0.0, le=1.0, description="weight of the personal head against the global one"
+    )
+    protect_unseen_classes: bool = Field(
+        True, description="keep the global classifier for classes absent from local data"
+    )
+    gate: bool = Field(True, description="keep the global head unless personal is better")
+    gate_margin: float = Field(
+        2.0, ge=0.0, description="gain needed, in standard errors of validation accuracy"
+    )
+    compare_naive: bool = Field(
+        True, description="also measure naive fine-tuning (all epochs, no safeguards)"
+    )
+
+    _ids = field_validator("subjects", mode="before")(_parse_id_list)
+
+
 class FleetConfig(_Section):
     """A population of simulated phones."""
 
@@ -226,7 +258,14 @@ class FleetConfig(_Section):
     availability: float = Field(0.8, gt=0.0, le=1.0, description="P(available in a round)")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="P(drops out mid-round)")
     local_epochs: int = Field(1, ge=1, le=1000)
+    learning_rate: PositiveFloat | None = Field(
+        None, description="local training rate in federated rounds; default: the model's"
+    )
+    eval_devices: int = Field(
+        50, ge=1, description="devices whose local test data measure global accuracy"
+    )
     data: FleetData = FleetData()
+    personalization: PersonalizationConfig = PersonalizationConfig()
 
     @field_validator("platform_mix")
     @classmethod
@@ -499,6 +538,7 @@ __all__ = [
     "HeadLayers",
     "HeadSpec",
     "OptimizerSpec",
+    "PersonalizationConfig",
     "PretrainSpec",
     "PrivacyConfig",
     "ServerConfig",

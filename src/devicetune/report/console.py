@@ -5,12 +5,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from devicetune.data.summary import FleetSummary, Spread
 
 if TYPE_CHECKING:
     from devicetune.export.build import BuildResult
+    from devicetune.fleet.simulate import SimulationResult
 
 console = Console()
 
@@ -52,3 +61,58 @@ def print_build(result: BuildResult) -> None:
     console.print(checks)
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     console.print(f"time: {timing}")
+
+
+class RichProgress:
+    """Progress bars for a run's stages (rounds, devices), on stderr."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=False,
+        )
+        self._task: object | None = None
+
+    def __enter__(self) -> RichProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._finish()
+        self._progress.__exit__(*exc)
+
+    def stage(self, description: str, total: int | None) -> None:
+        self._finish()
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, amount: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, amount)
+
+    def _finish(self) -> None:
+        if self._task is not None:
+            task = self._progress.tasks[-1]
+            self._progress.update(self._task, total=task.completed or 1,
+                                  completed=task.completed or 1)
+
+
+def print_simulation(result: SimulationResult) -> None:
+    """The headline of a simulation: personalization before/after, federation."""
+    s = result.summary
+    table = Table(title=f"{s['devices']} devices personalised after {s['rounds']} rounds")
+    for column in ("accuracy on future data", "mean", "median", "p10"):
+        table.add_column(column, justify="left" if column.startswith("acc") else "right")
+    for label, key in (("global model", "accuracy_global"),
+                       ("personalised", "accuracy_personal")):
+        if s[key]:
+            table.add_row(label, *(f"{100 * s[key][k]:.1f}%" for k in ("mean", "median", "p10")))
+    console.print(table)
+    if s["mean_gain"] is not None:
+        console.print(f"mean gain {100 * s['mean_gain']:+.1f} points, "
+                      f"{100 * s['fraction_harmed']:.0f}% of devices harmed, "
+                      f"{100 * s['fraction_kept_global']:.0f}% kept the global head")
+    console.print(f"global accuracy {100 * s['global_accuracy_initial']:.1f}% -> "
+                  f"{100 * s['global_accuracy_final']:.1f}% over {s['rounds']} rounds; "
+                  f"{s['device_rounds_per_s'] or 0:.1f} device-rounds/s; "
+                  f"wall {s['wall_s']:.0f}s; run folder {result.out_dir}")

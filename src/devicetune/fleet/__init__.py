@@ -1,0 +1,1 @@
+"""The fleet: population, device-side training, personalization, the simulation engines."""

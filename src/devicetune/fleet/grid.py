@@ -1,0 +1,112 @@
+"""`InlineGrid`: a Flower Grid whose nodes are simulated devices in this process.
+
+Flower's strategies sample nodes and build messages through a Grid; this one answers
+them by running each device's artifact right here, so the same strategy objects and
+the same round loop drive the in-process engine, the Simulation Engine and real
+SuperNodes. Availability decides which devices the grid reports as connected; a
+device that drops out mid-round simply never replies, as over a real network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from devicetune.device.runtime import DeviceRuntime
+from devicetune.fleet.local_training import handle_train
+from devicetune.fleet.population import Population
+
+# Flower reserves small node ids for itself (the SuperLink is node 1).
+NODE_ID_OFFSET = 1_000
+
+
+def node_id(device_id: int) -> int:
+    return device_id + NODE_ID_OFFSET
+
+
+def device_id(node: int) -> int:
+    return node - NODE_ID_OFFSET
+
+
+class InlineGrid(Grid):
+    """Devices of a `Population` behind Flower's Grid interface.
+
+    Args:
+        population: the simulated fleet.
+        runtimes: one runtime per platform, shared by its devices (a device is its data
+            and weights; the interpreter is reused).
+        round_timeout_s: a device whose simulated time exceeds it is a straggler and
+            its reply is lost, as a server's timeout would lose it.
+        on_device: called after each device finishes, for progress bars.
+    """
+
+    def __init__(self, population: Population, runtimes: dict[str, DeviceRuntime],
+                 round_timeout_s: float = float("inf"),
+                 on_device: Callable[[int], None] | None = None) -> None:
+        self.population = population
+        self.runtimes = runtimes
+        self.round_timeout_s = round_timeout_s
+        self.on_device = on_device or (lambda _: None)
+        self.server_round = 0
+        self.dropped: list[int] = []
+        _become_the_server_app()
+
+    def begin_round(self, server_round: int) -> None:
+        """Availability and dropout are decided per round."""
+        self.server_round = server_round
+        self.dropped = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [node_id(int(k)) for k in self.population.available(self.server_round)]
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for message in messages:
+            device = device_id(message.metadata.dst_node_id)
+            profile = self.population.profile(device)
+            if self.population.drops_out(device, self.server_round):
+                self.dropped.append(device)
+                self.on_device(device)
+                continue
+            data = self.population.local_data(device)
+            reply = handle_train(message, self.runtimes[profile.platform], data, profile,
+                                 self.population.seed)
+            self.on_device(device)
+            if reply.content["metrics"]["device-seconds"] > self.round_timeout_s:
+                self.dropped.append(device)
+                continue
+            replies.append(reply)
+        return replies
+
+    # The rest of the Grid interface talks to a SuperLink, which this grid has none of.
+    def set_run(self, run) -> None:  # noqa: ANN001
+        self._run = run
+
+    @property
+    def run(self):  # noqa: ANN201
+        return getattr(self, "_run", None)
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: ANN001, ANN201
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type,
+                       group_id=group_id, ttl=ttl)
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201
+        raise NotImplementedError("InlineGrid answers in send_and_receive")
+
+    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+        raise NotImplementedError("InlineGrid answers in send_and_receive")
+
+
+def _become_the_server_app(run_id: int = 1) -> None:
+    """Give this process the task identity Flower sets for a ServerApp (messages carry
+    it), as Flower's own compat runner does, unless a real runtime already set one."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    if TaskIdentity._run_id is None:
+        TaskIdentity.task_id = 1
+        TaskIdentity.run_id = run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID

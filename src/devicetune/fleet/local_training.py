@@ -1,0 +1,56 @@
+"""A device's part of a federated round: start from the global weights, train on local
+data through the artifact, reply with the new weights."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from devicetune.device.runtime import DeviceRuntime
+from devicetune.errors import ArtifactError
+from devicetune.fleet.messages import (
+    ARRAYS,
+    CONFIG,
+    NUM_EXAMPLES,
+    TrainInstructions,
+    record_to_weights,
+    train_reply,
+)
+from devicetune.fleet.population import DeviceProfile, LocalData
+
+
+def train_locally(runtime: DeviceRuntime, data: LocalData, weights: list[np.ndarray],
+                  instructions: TrainInstructions, rng: np.random.Generator
+                  ) -> tuple[list[np.ndarray], dict[str, float]]:
+    """Local epochs from ``weights`` on the device's training split.
+
+    Returns:
+        The new weights and the metrics of the reply (examples, loss, compute time).
+    """
+    runtime.set_weights(weights)
+    start = time.perf_counter()
+    features = runtime.features(data.train.x)
+    loss = runtime.fit(features, data.train.y, instructions.local_epochs, rng,
+                       learning_rate=instructions.learning_rate,
+                       proximal_mu=instructions.proximal_mu, private=instructions.private)
+    compute_s = time.perf_counter() - start
+    return runtime.get_weights(), {NUM_EXAMPLES: float(len(data.train)),
+                                   "train-loss": float(loss), "compute-seconds": compute_s}
+
+
+def handle_train(request, runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
+                 seed: int):
+    """Answer a Flower train Message as device ``profile.device_id``."""
+    names, weights = record_to_weights(request.content[ARRAYS])
+    if names != runtime.weight_names:
+        raise ArtifactError(f"the server sent weights {names}, but the device's artifact "
+                            f"has {runtime.weight_names}; build and serve the same model")
+    instructions = TrainInstructions.from_config(dict(request.content[CONFIG]))
+    rng = np.random.default_rng(np.random.SeedSequence(
+        [seed, 8, instructions.server_round, profile.device_id]))
+    new_weights, metrics = train_locally(runtime, data, weights, instructions, rng)
+    # A slower phone takes proportionally longer for the same work.
+    metrics["device-seconds"] = metrics["compute-seconds"] / profile.speed
+    metrics["device-id"] = float(profile.device_id)
+    return train_reply(request, names, new_weights, metrics)

@@ -1,0 +1,149 @@
+"""Personalization on one device: fine-tune the global head on the device's past data so
+it serves the device's future data better, and never worse where that can be seen.
+
+Naive fine-tuning on the first days of a user's data overfits to the activities those
+days happened to contain and forgets the rest. The recipe, each step something an app
+can do with the artifact's signatures (train, evaluate, get/set weights):
+
+1. Choose how many epochs to fine-tune by blocked cross-validation on the local
+   training data: folds of blocks spread over the whole period (a trailing block would
+   only cover the latest activities), accuracy summed over folds.
+2. Retrain from the global weights on all local training data for that many epochs.
+3. Pull towards the global head: interpolate personal and global weights (Wortsman et
+   al. 2022, "Robust fine-tuning of zero-shot models", weight-space ensembling).
+4. Protect classes the device has not seen: their classifier weights stay global, so
+   fine-tuning cannot unlearn them (local data gives them only negative gradient).
+5. Gate: zero epochs competes in step 1, so a device keeps the global head unless
+   fine-tuning beats it in cross-validation (or has too little data to show it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from devicetune.config import PersonalizationConfig
+from devicetune.device.runtime import DeviceRuntime
+from devicetune.fleet.population import DeviceProfile, LocalData
+
+
+@dataclass(frozen=True)
+class PersonalizationResult:
+    """One row of ``devices.csv``."""
+
+    device_id: int
+    platform: str
+    tier: str
+    n_train: int
+    n_test: int
+    acc_global: float
+    acc_personal: float
+    epochs: int
+    kept_global: bool
+    acc_naive: float | None = None
+
+
+def personalize(runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
+                global_weights: list[np.ndarray], config: PersonalizationConfig,
+                learning_rate: float, rng: np.random.Generator) -> PersonalizationResult:
+    """Measure the global head on the device's future data, personalise, measure again."""
+    train_x = runtime.features(data.train.x)
+    test_x = runtime.features(data.test.x)
+    train_y, test_y = data.train.y, data.test.y
+    runtime.set_weights(global_weights)
+    acc_global = runtime.evaluate(test_x, test_y)[1]
+
+    seen = np.unique(train_y)
+
+    def finish(weights: list[np.ndarray]) -> list[np.ndarray]:
+        blended = [config.interpolation * p + (1 - config.interpolation) * g
+                   for p, g in zip(weights, global_weights, strict=True)]
+        if config.protect_unseen_classes:
+            blended = _protect_unseen(blended, global_weights, seen)
+        return blended
+
+    folds = validation_folds(len(train_y), config.validation_fraction)
+    # Without data to validate on, the gate cannot see an improvement: keep global.
+    epochs = 0 if config.gate else config.epochs
+    if folds:
+        epochs = _choose_epochs(runtime, train_x, train_y, folds, global_weights,
+                                config.epochs, learning_rate, rng, allow_zero=config.gate,
+                                margin=config.gate_margin)
+    candidate = global_weights
+    if epochs > 0:
+        runtime.set_weights(global_weights)
+        runtime.fit(train_x, train_y, epochs, rng, learning_rate=learning_rate)
+        candidate = finish(runtime.get_weights())
+    kept_global = candidate is global_weights
+    runtime.set_weights(candidate)
+    acc_personal = runtime.evaluate(test_x, test_y)[1]
+    return PersonalizationResult(
+        device_id=profile.device_id, platform=profile.platform, tier=profile.tier,
+        n_train=len(train_y), n_test=len(test_y), acc_global=float(acc_global),
+        acc_personal=float(acc_personal), epochs=epochs, kept_global=kept_global,
+    )
+
+
+def naive(config: PersonalizationConfig) -> PersonalizationConfig:
+    """The same budget without the safeguards: every epoch on all local data."""
+    return config.model_copy(update={
+        "validation_fraction": 0.0, "interpolation": 1.0, "protect_unseen_classes": False,
+        "gate": False})
+
+
+def validation_folds(n: int, fraction: float, block: int = 8
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, validation rows) per fold, in blocks of ``block`` consecutive examples.
+
+    Each fold holds out every k-th block (k = 1 / fraction), shifted by one block per
+    fold, so together the folds validate on all the local data and each fold spans the
+    whole period: a single trailing block would only cover the latest activities, and
+    whole blocks keep overlapping sensor windows on one side of the split.
+    """
+    if fraction <= 0 or n < 2 * block:
+        return []
+    every = max(2, int(round(1 / fraction)))
+    position = (np.arange(n) // block) % every
+    rows = np.arange(n)
+    return [(rows[position != f], rows[position == f]) for f in range(every)
+            if (position == f).any() and (position != f).any()]
+
+
+def _choose_epochs(runtime: DeviceRuntime, x: np.ndarray, y: np.ndarray,
+                   folds: list[tuple[np.ndarray, np.ndarray]],
+                   global_weights: list[np.ndarray], epochs: int, learning_rate: float,
+                   rng: np.random.Generator, allow_zero: bool, margin: float) -> int:
+    """The epoch count with the best cross-validated accuracy (then loss, then fewer
+    epochs). With ``allow_zero`` the global weights compete too: 0 means no count beats
+    them, and the device keeps the global head (the gate)."""
+    correct = np.zeros(epochs + 1)
+    loss = np.zeros(epochs + 1)
+    for fit, val in folds:
+        runtime.set_weights(global_weights)
+        for epoch in range(epochs + 1):
+            if epoch:
+                runtime.fit(x[fit], y[fit], 1, rng, learning_rate=learning_rate)
+            fold_loss, accuracy = runtime.evaluate(x[val], y[val])
+            correct[epoch] += accuracy * len(val)
+            loss[epoch] += fold_loss * len(val)
+    ranking = [(correct[e], -loss[e], -e) for e in range(1, epochs + 1)]
+    best = int(-max(ranking)[2])
+    if allow_zero:
+        # The best of many epochs beats the global head on noise alone now and then (the
+        # winner's curse): demand a gain of `margin` binomial standard errors.
+        n = sum(len(val) for _, val in folds)
+        p = min(max(correct[0] / n, 1.0 / n), 1.0 - 1.0 / n)
+        if correct[best] - correct[0] <= margin * np.sqrt(n * p * (1 - p)):
+            return 0
+    return best
+
+
+def _protect_unseen(weights: list[np.ndarray], global_weights: list[np.ndarray],
+                    seen: np.ndarray) -> list[np.ndarray]:
+    """Restore the classifier's (last layer's) columns of classes not in ``seen``."""
+    kernel, bias = weights[-2].copy(), weights[-1].copy()
+    unseen = np.setdiff1d(np.arange(kernel.shape[1]), seen)
+    kernel[:, unseen] = global_weights[-2][:, unseen]
+    bias[unseen] = global_weights[-1][unseen]
+    return [*weights[:-2], kernel, bias]

@@ -1,0 +1,101 @@
+"""A population of simulated phones: who they are, what data they hold, who is online.
+
+Nothing per device is stored: a device's profile and data are derived from the seed
+and its id when it is needed, so the population costs the same memory at 100 devices
+as at 100,000.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from devicetune.config import FleetConfig
+from devicetune.data.labeled import LabeledData
+from devicetune.data.sources import DeviceDataSource, open_fleet_data
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What kind of phone a device is and how it behaves in a round."""
+
+    device_id: int
+    platform: str  # "android" or "ios"
+    tier: str
+    speed: float  # relative compute speed (1.0 = the fastest tier)
+    availability: float  # P(online and eligible in a round)
+    dropout: float  # P(drops out mid-round once sampled)
+    local_epochs: int
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A device's data split in time order: the past trains, the future tests."""
+
+    train: LabeledData
+    test: LabeledData
+
+
+class Population:
+    """The devices a `FleetConfig` describes.
+
+    Args:
+        fleet: the fleet section of the config.
+        source: where each device's examples come from.
+        seed: the run's seed; profiles, availability and dropout derive from it.
+    """
+
+    def __init__(self, fleet: FleetConfig, source: DeviceDataSource, seed: int) -> None:
+        self.fleet = fleet
+        self.source = source
+        self.seed = seed
+        self.devices = source.devices
+        self._platforms = sorted(fleet.platform_mix)
+        self._platform_p = np.array([fleet.platform_mix[p] for p in self._platforms])
+        self._tier_p = np.array([t.share for t in fleet.tiers])
+
+    @classmethod
+    def from_config(cls, fleet: FleetConfig, seed: int, data_dir: Path) -> Population:
+        return cls(fleet, open_fleet_data(fleet, seed, data_dir), seed)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.source.class_names
+
+    def profile(self, device_id: int) -> DeviceProfile:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 4, device_id]))
+        platform = self._platforms[int(rng.choice(len(self._platforms), p=self._platform_p))]
+        tier = self.fleet.tiers[int(rng.choice(len(self.fleet.tiers), p=self._tier_p))]
+        return DeviceProfile(
+            device_id=device_id, platform=platform, tier=tier.name, speed=tier.speed,
+            availability=self.fleet.availability, dropout=self.fleet.dropout,
+            local_epochs=self.fleet.local_epochs,
+        )
+
+    def local_data(self, device_id: int) -> LocalData:
+        """The device's examples, the first part (in time) for training, the rest for
+        testing what the device will see next."""
+        data = self.source.device(device_id)
+        n_test = int(round(len(data) * self.fleet.data.test_fraction))
+        n_test = min(max(n_test, 1), len(data) - 1)
+        cut = len(data) - n_test
+        return LocalData(train=data.select(slice(0, cut)), test=data.select(slice(cut, None)))
+
+    def available(self, server_round: int) -> np.ndarray:
+        """Ids of the devices online and eligible in this round (charging, idle, Wi-Fi)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 5, server_round]))
+        return np.flatnonzero(rng.random(self.devices) < self.fleet.availability)
+
+    def drops_out(self, device_id: int, server_round: int) -> bool:
+        """Whether a sampled device leaves mid-round (deterministic per round)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 6, server_round,
+                                                            device_id]))
+        return bool(rng.random() < self.fleet.dropout)
+
+    def sample_ids(self, count: int, salt: int) -> list[int]:
+        """A fixed, seeded choice of ``count`` devices (for evaluation sets)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7, salt]))
+        count = min(count, self.devices)
+        return sorted(int(k) for k in rng.choice(self.devices, size=count, replace=False))

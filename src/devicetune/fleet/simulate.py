@@ -1,0 +1,306 @@
+"""`devicetune simulate`: a fleet of phones federating and personalising the artifacts.
+
+The run folder::
+
+    config.toml      the resolved config (every default filled in)
+    artifacts/       the build the devices run (model.tflite, Model.mlmodel, manifest)
+    metrics.jsonl    one line per round, written as the round ends
+    devices.csv      per device: global vs personalised accuracy on its future data
+    summary.json     accuracy before/after (mean, median, p10), gain, harm, throughput
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from devicetune.atomic import atomic_write_bytes, atomic_write_json
+from devicetune.config import DevicetuneConfig, PersonalizationConfig, to_toml
+from devicetune.device.runtime import DeviceRuntime
+from devicetune.errors import ConfigError
+from devicetune.fleet.personalize import PersonalizationResult, naive, personalize
+from devicetune.fleet.population import DeviceProfile, LocalData, Population
+
+METRICS_FILE = "metrics.jsonl"
+DEVICES_FILE = "devices.csv"
+SUMMARY_FILE = "summary.json"
+ENGINES = ("inline",)
+
+
+class Progress(Protocol):
+    """Where a run reports what it is doing (the CLI draws progress bars)."""
+
+    def stage(self, description: str, total: int | None) -> None: ...
+
+    def advance(self, amount: int = 1) -> None: ...
+
+
+class _Silent:
+    def stage(self, description: str, total: int | None) -> None:
+        pass
+
+    def advance(self, amount: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    devices: list[PersonalizationResult]
+
+
+def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
+             engine: str = "inline", artifacts: Path | None = None,
+             progress: Progress | None = None) -> SimulationResult:
+    """Run the federated rounds and the personalization a config describes.
+
+    Args:
+        artifacts: a `devicetune build` folder to run; default: build into
+            ``out_dir/artifacts``.
+
+    Raises:
+        ConfigError: a section is missing or inconsistent.
+    """
+    from devicetune.server.loop import FederatedLoop
+    from devicetune.server.strategies import make_strategy
+
+    config.require("model", "fleet", command="devicetune simulate")
+    assert config.model is not None and config.fleet is not None
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: allowed {', '.join(ENGINES)}")
+    progress = progress or _Silent()
+    quiet_flower()
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "config.toml", to_toml(config).encode())
+
+    artifacts = _artifacts(config, out_dir, data_dir, artifacts, progress)
+    population = Population.from_config(config.fleet, config.seed, data_dir)
+    _check_fits(population, artifacts)
+    learning_rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
+    runtimes = open_runtimes(artifacts, config.fleet.platform_mix, learning_rate)
+    reference = runtimes["android"] if "android" in runtimes else next(iter(runtimes.values()))
+    initial = reference.get_weights()
+
+    progress.stage("preparing the evaluation devices", None)
+    # Global accuracy is measured on the people personalization is measured on (when
+    # they are others than the fleet's, they are the honest held-out set).
+    eval_population, _ = personalization_population(config, population, data_dir)
+    evaluate = _global_evaluator(eval_population, reference, config.fleet.eval_devices)
+    from devicetune.fleet.grid import InlineGrid
+    from devicetune.fleet.messages import TrainInstructions
+
+    loop = FederatedLoop(
+        strategy=make_strategy(config.server), names=reference.weight_names,
+        weights=initial, devices_per_round=config.server.devices_per_round,
+        instructions=TrainInstructions(
+            server_round=0, local_epochs=config.fleet.local_epochs,
+            learning_rate=learning_rate, proximal_mu=config.server.proximal_mu,
+            private=config.privacy.device.enabled),
+        max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
+    )
+    grid = InlineGrid(population, runtimes, round_timeout_s=config.server.round_timeout_s,
+                      on_device=lambda _: progress.advance())
+    initial_accuracy = evaluate(initial)["accuracy"]
+    metrics_path = out_dir / METRICS_FILE
+    metrics_path.write_text("")
+    device_rounds, rounds_s = 0, 0.0
+    for server_round in range(1, config.server.rounds + 1):
+        progress.stage(f"round {server_round}/{config.server.rounds}",
+                       min(config.server.devices_per_round, population.devices))
+        record = loop.run_round(grid, server_round)
+        device_rounds += record.sampled
+        rounds_s += record.wall_s
+        with metrics_path.open("a") as handle:  # a crashed run keeps its finished rounds
+            handle.write(json.dumps(record.to_dict()) + "\n")
+
+    results = _personalize_fleet(config, population, runtimes, loop.weights, learning_rate,
+                                 data_dir, progress)
+    _write_devices(out_dir / DEVICES_FILE, results)
+    summary = _summary(config, results, initial_accuracy, loop.weights, evaluate,
+                       device_rounds, rounds_s, time.perf_counter() - started)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    np.savez(out_dir / "global_weights.npz",
+             **dict(zip(loop.names, loop.weights, strict=True)))
+    return SimulationResult(out_dir, summary, results)
+
+
+def quiet_flower() -> None:
+    """Flower logs every sampling and aggregation at INFO, and warns that federated
+    evaluation is off (devicetune evaluates itself); a simulation of thousands of rounds
+    needs its progress bar, not that. Flower sets its level on import, so this must come
+    after importing it."""
+    import flwr.common.logger  # noqa: F401
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def open_runtimes(artifacts: Path, platform_mix: dict[str, float], learning_rate: float
+                  ) -> dict[str, DeviceRuntime]:
+    """One runtime per platform present in the fleet, over the build's artifacts."""
+    from devicetune.device.runtime import LiteRTDevice
+
+    runtimes: dict[str, DeviceRuntime] = {}
+    if platform_mix.get("android", 0) > 0:
+        runtimes["android"] = LiteRTDevice(artifacts / "model.tflite", learning_rate)
+    if platform_mix.get("ios", 0) > 0:
+        from devicetune.device.coreml import CoreMLDevice
+
+        runtimes["ios"] = CoreMLDevice(artifacts / "Model.mlmodel", learning_rate)
+    return runtimes
+
+
+def _artifacts(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
+               given: Path | None, progress: Progress) -> Path:
+    if given is not None:
+        from devicetune.artifacts.manifest import read_manifest
+
+        read_manifest(given)  # refuses a folder that is not a build
+        return Path(given)
+    from devicetune.export.build import build
+
+    target = out_dir / "artifacts"
+    build(config, target, data_dir, progress=lambda step: progress.stage(step, None))
+    return target
+
+
+def _check_fits(population: Population, artifacts: Path) -> None:
+    from devicetune.artifacts.manifest import read_manifest
+
+    manifest = read_manifest(artifacts)
+    if len(manifest.classes) != len(population.class_names):
+        raise ConfigError(f"the artifacts in {artifacts} have {len(manifest.classes)} classes "
+                          f"but the fleet's data has {len(population.class_names)}")
+    if tuple(manifest.input_shape) != tuple(population.source.example_shape):
+        raise ConfigError(f"the artifacts in {artifacts} take examples of shape "
+                          f"{manifest.input_shape}, the fleet's data has "
+                          f"{list(population.source.example_shape)}")
+
+
+def _global_evaluator(population: Population, runtime: DeviceRuntime, count: int
+                      ) -> Callable[[list[np.ndarray]], dict[str, float]]:
+    """Global accuracy on the future data of a fixed sample of devices (features are
+    computed once: the backbone is frozen)."""
+    features, labels = [], []
+    for device_id in population.sample_ids(count, salt=0):
+        test = population.local_data(device_id).test
+        features.append(runtime.features(test.x))
+        labels.append(test.y)
+    x, y = np.concatenate(features), np.concatenate(labels)
+
+    def evaluate(weights: list[np.ndarray]) -> dict[str, float]:
+        runtime.set_weights(weights)
+        loss, accuracy = runtime.evaluate(x, y)
+        return {"accuracy": accuracy, "loss": loss}
+
+    return evaluate
+
+
+def personalization_population(config: DevicetuneConfig, fleet_population: Population,
+                               data_dir: Path) -> tuple[Population, list[int]]:
+    """The devices personalization is measured on, and which of them to use."""
+    assert config.fleet is not None
+    spec = config.fleet.personalization
+    population = fleet_population
+    if spec.subjects:
+        fleet = config.fleet.model_copy(update={
+            "devices": len(spec.subjects),
+            "data": config.fleet.data.model_copy(update={"subjects": spec.subjects,
+                                                         "partition": "natural"}),
+        })
+        population = Population.from_config(fleet, config.seed, data_dir)
+    return population, population.sample_ids(spec.max_devices, salt=1)
+
+
+def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
+                       runtimes: dict[str, DeviceRuntime], weights: list[np.ndarray],
+                       learning_rate: float, data_dir: Path, progress: Progress
+                       ) -> list[PersonalizationResult]:
+    assert config.fleet is not None
+    spec = config.fleet.personalization
+    population, device_ids = personalization_population(config, fleet_population, data_dir)
+    progress.stage("personalising", len(device_ids))
+    results = []
+    for device_id in device_ids:
+        profile = population.profile(device_id)
+        runtime = runtimes.get(profile.platform) or next(iter(runtimes.values()))
+        data = population.local_data(device_id)
+        rate = spec.learning_rate or learning_rate
+        result = _personalize_device(runtime, data, profile, weights, spec, rate, config.seed)
+        if spec.compare_naive:
+            baseline = _personalize_device(runtime, data, profile, weights, naive(spec), rate,
+                                           config.seed)
+            result = replace(result, acc_naive=baseline.acc_personal)
+        results.append(result)
+        progress.advance()
+    return results
+
+
+def _personalize_device(runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
+                        weights: list[np.ndarray], recipe: PersonalizationConfig,
+                        learning_rate: float, seed: int) -> PersonalizationResult:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 9, profile.device_id]))
+    return personalize(runtime, data, profile, weights, recipe, learning_rate, rng)
+
+
+def _write_devices(path: Path, results: list[PersonalizationResult]) -> None:
+    fields = list(PersonalizationResult.__dataclass_fields__)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for result in results:
+            row = asdict(result)
+            row["acc_global"] = f"{result.acc_global:.6f}"
+            row["acc_personal"] = f"{result.acc_personal:.6f}"
+            if result.acc_naive is not None:
+                row["acc_naive"] = f"{result.acc_naive:.6f}"
+            writer.writerow(row)
+
+
+def _spread(values: np.ndarray) -> dict[str, float]:
+    return {"mean": float(values.mean()), "median": float(np.median(values)),
+            "p10": float(np.percentile(values, 10))}
+
+
+def _summary(config: DevicetuneConfig, results: list[PersonalizationResult],
+             initial_accuracy: float, weights: list[np.ndarray], evaluate: Callable,
+             device_rounds: int, rounds_s: float, wall_s: float) -> dict[str, Any]:
+    before = np.array([r.acc_global for r in results])
+    after = np.array([r.acc_personal for r in results])
+    gain = after - before
+    return {
+        "devices": len(results),
+        "rounds": config.server.rounds,
+        "global_accuracy_initial": initial_accuracy,
+        "global_accuracy_final": evaluate(weights)["accuracy"],
+        "accuracy_global": _spread(before) if len(results) else None,
+        "accuracy_personal": _spread(after) if len(results) else None,
+        "mean_gain": float(gain.mean()) if len(results) else None,
+        "fraction_harmed": float((gain < 0).mean()) if len(results) else None,
+        "fraction_kept_global": float(np.mean([r.kept_global for r in results]))
+        if results else None,
+        "naive": _naive_summary(results, before),
+        "device_rounds": device_rounds,
+        "device_rounds_per_s": device_rounds / rounds_s if rounds_s > 0 else None,
+        "wall_s": round(wall_s, 3),
+    }
+
+
+def _naive_summary(results: list[PersonalizationResult], before: np.ndarray
+                   ) -> dict[str, Any] | None:
+    """The same devices fine-tuned naively, for comparison with the recipe."""
+    if not results or any(r.acc_naive is None for r in results):
+        return None
+    naive_acc = np.array([r.acc_naive for r in results])
+    return {"accuracy": _spread(naive_acc), "mean_gain": float((naive_acc - before).mean()),
+            "fraction_harmed": float((naive_acc < before).mean())}

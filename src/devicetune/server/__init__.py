@@ -1,0 +1,1 @@
+"""The federated server: round loop, strategies, update validation, persistence."""

@@ -1,0 +1,128 @@
+"""The federated round, written once against Flower's Grid and strategy interfaces.
+
+Each round: sample devices through the strategy (``configure_train``), exchange
+messages through the grid (in-process devices, the Simulation Engine or a SuperLink),
+validate every reply, aggregate the valid ones with the strategy (``aggregate_train``),
+and evaluate the new global model. The loop never knows where the devices are.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from devicetune.fleet.messages import (
+    ARRAYS,
+    METRICS,
+    TrainInstructions,
+    record_to_weights,
+    weights_to_record,
+)
+from devicetune.server.strategies import set_sample_size
+from devicetune.server.validation import update_problem
+
+log = logging.getLogger("devicetune.server")
+
+Evaluate = Callable[[list[np.ndarray]], dict[str, float]]
+
+
+@dataclass
+class RoundRecord:
+    """One line of ``metrics.jsonl``."""
+
+    round: int
+    sampled: int
+    completed: int
+    dropped: int
+    rejected: int
+    global_accuracy: float | None
+    mean_local_loss: float | None
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        row = {k: v for k, v in vars(self).items() if k != "extra"}
+        row.update(self.extra)
+        return row
+
+
+@dataclass
+class FederatedLoop:
+    """Global weights and the strategy that updates them, one round at a time.
+
+    Args:
+        strategy: a configured `flwr.serverapp.strategy` object.
+        names: the weight names of the artifact (``dense0_kernel``, ...).
+        weights: the initial global weights.
+        devices_per_round: devices to sample each round.
+        instructions: what devices do locally (epochs, rate, proximal term, DP).
+        max_update_norm: updates whose norm exceeds it are rejected.
+        evaluate: the global model's metrics (``accuracy`` at least).
+        seed: makes Flower's node sampling reproducible.
+        round_timeout_s: how long the grid waits for replies.
+    """
+
+    strategy: Any
+    names: list[str]
+    weights: list[np.ndarray]
+    devices_per_round: int
+    instructions: TrainInstructions
+    max_update_norm: float
+    evaluate: Evaluate
+    seed: int = 0
+    round_timeout_s: float | None = None
+
+    def run_round(self, grid: Any, server_round: int) -> RoundRecord:
+        from flwr.app import ConfigRecord
+
+        start = time.perf_counter()
+        if hasattr(grid, "begin_round"):
+            grid.begin_round(server_round)
+        online = len(list(grid.get_node_ids()))
+        set_sample_size(self.strategy, min(self.devices_per_round, online))
+        # Flower samples with the `random` module; seed it per round for reproducibility.
+        random.seed(hash((self.seed, server_round)))
+        config = ConfigRecord({**self.instructions.to_config(), "server-round": server_round})
+        messages = list(self.strategy.configure_train(
+            server_round, weights_to_record(self.names, self.weights), config, grid)) \
+            if online else []
+        replies = list(grid.send_and_receive(messages, timeout=self.round_timeout_s)) \
+            if messages else []
+        valid, rejected, losses = self._validate(replies)
+        if valid:
+            arrays, _ = self.strategy.aggregate_train(server_round, valid)
+            if arrays is not None:
+                self.weights = [w.astype(np.float32) for w in record_to_weights(arrays)[1]]
+        evaluation = self.evaluate(self.weights)
+        return RoundRecord(
+            round=server_round, sampled=len(messages), completed=len(valid),
+            dropped=len(messages) - len(replies), rejected=rejected,
+            global_accuracy=evaluation.get("accuracy"),
+            mean_local_loss=float(np.mean(losses)) if losses else None,
+            wall_s=round(time.perf_counter() - start, 4),
+        )
+
+    def _validate(self, replies: list[Any]) -> tuple[list[Any], int, list[float]]:
+        valid, rejected, losses = [], 0, []
+        for reply in replies:
+            source = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("device node %s failed: %s", source, reply.error.reason)
+                rejected += 1
+                continue
+            names, weights = record_to_weights(reply.content[ARRAYS])
+            problem = update_problem(names, weights, self.names, self.weights,
+                                     self.max_update_norm)
+            if problem is not None:
+                log.warning("rejected the update of device node %s: %s", source, problem)
+                rejected += 1
+                continue
+            valid.append(reply)
+            losses.append(float(reply.content[METRICS].get("train-loss", np.nan)))
+        return valid, rejected, losses

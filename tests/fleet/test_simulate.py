@@ -1,0 +1,112 @@
+"""`devicetune simulate` on a small synthetic fleet."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from devicetune.config import load_config
+from devicetune.fleet.simulate import simulate
+from tests.conftest import run_cli, small_config
+
+
+def _summary_without_timing(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("wall_s", "device_rounds_per_s"):
+        summary.pop(key)
+    return summary
+
+
+def test_a_small_fleet_writes_the_run_folder(tmp_path: Path, data_dir: Path,
+                                             small_artifacts: Path) -> None:
+    result = simulate(small_config(), tmp_path, data_dir, artifacts=small_artifacts)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in lines] == [1, 2]
+    for row in lines:
+        assert set(row) >= {"round", "sampled", "completed", "dropped", "rejected",
+                            "global_accuracy", "mean_local_loss", "wall_s"}
+        assert row["sampled"] == 4 and row["completed"] + row["dropped"] + row["rejected"] == 4
+    with (tmp_path / "devices.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5
+    assert set(rows[0]) >= {"device_id", "platform", "tier", "n_train", "n_test",
+                            "acc_global", "acc_personal"}
+    summary = result.summary
+    assert summary["devices"] == 5 and summary["rounds"] == 2
+    for key in ("accuracy_global", "accuracy_personal"):
+        assert set(summary[key]) == {"mean", "median", "p10"}
+    assert summary["device_rounds"] == 8 and summary["device_rounds_per_s"] > 0
+    assert load_config(tmp_path / "config.toml").fleet.devices == 5  # resolved config
+
+
+def test_the_same_seed_gives_the_same_summary(tmp_path: Path, data_dir: Path,
+                                              small_artifacts: Path) -> None:
+    config = small_config(fleet={"availability": 0.7, "dropout": 0.2})
+    simulate(config, tmp_path / "a", data_dir, artifacts=small_artifacts)
+    simulate(config, tmp_path / "b", data_dir, artifacts=small_artifacts)
+    assert _summary_without_timing(tmp_path / "a") == _summary_without_timing(tmp_path / "b")
+    assert (tmp_path / "a" / "devices.csv").read_text() == \
+        (tmp_path / "b" / "devices.csv").read_text()
+    other = small_config(seed=4, fleet={"availability": 0.7, "dropout": 0.2})
+    simulate(other, tmp_path / "c", data_dir, artifacts=small_artifacts)
+    assert _summary_without_timing(tmp_path / "c") != _summary_without_timing(tmp_path / "a")
+
+
+def test_global_weights_improve_over_rounds(tmp_path: Path, data_dir: Path,
+                                            small_artifacts: Path) -> None:
+    config = small_config(server={"rounds": 6, "devices_per_round": 5},
+                          fleet={"devices": 12, "data": {"windows_per_device": 48}})
+    result = simulate(config, tmp_path, data_dir, artifacts=small_artifacts)
+    accuracy = [json.loads(line)["global_accuracy"]
+                for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert result.summary["global_accuracy_final"] == accuracy[-1]
+    assert accuracy[-1] > result.summary["global_accuracy_initial"]
+
+
+def test_simulate_cli_builds_and_reports(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text("""
+name = "tiny"
+[model]
+classes = 6
+input_shape = [128, 9]
+[model.backbone]
+architecture = "conv1d_small"
+embedding_dim = 8
+[export]
+coreml = false
+parity_steps = 5
+[fleet]
+devices = 4
+platform_mix = { android = 1.0 }
+[fleet.data]
+windows_per_device = 20
+[fleet.personalization]
+epochs = 2
+[server]
+rounds = 1
+devices_per_round = 3
+""")
+    result = run_cli("simulate", str(config), "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "artifacts" / "model.tflite").exists()
+    assert "devices personalised" in result.stdout
+    assert "round 1/1" in result.stderr  # the progress bar
+
+
+def test_simulate_refuses_artifacts_of_another_shape(tmp_path: Path, data_dir: Path,
+                                                     small_artifacts: Path) -> None:
+    config = small_config(fleet={"data": {"source": "fsdd"}, "devices": 3})
+    result = run_cli("simulate", "--artifacts", str(small_artifacts), "--out",
+                     str(tmp_path / "run"), str(_write(tmp_path, config)))
+    assert result.returncode == 2
+    assert "classes" in result.stderr or "shape" in result.stderr
+
+
+def _write(tmp_path: Path, config) -> Path:
+    from devicetune.config import to_toml
+
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(config))
+    return path
