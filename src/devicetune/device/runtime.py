@@ -8,6 +8,7 @@ Weights travel as numpy arrays in the artifact's `weight_names` order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from devicetune.device.batching import padded_batches
 from devicetune.device.litert import LiteRTModel
+
+EpochHook = Callable[[int], None]
 
 
 class DeviceRuntime(Protocol):
@@ -29,9 +32,12 @@ class DeviceRuntime(Protocol):
 
     def fit(self, features: np.ndarray, labels: np.ndarray, epochs: int,
             rng: np.random.Generator, learning_rate: float | None = None,
-            proximal_mu: float = 0.0, private: bool = False) -> float:
-        """Train ``epochs`` shuffled epochs from the current weights; mean loss of the
-        last epoch."""
+            proximal_mu: float = 0.0, private: bool = False,
+            on_epoch: EpochHook | None = None) -> float:
+        """Train ``epochs`` shuffled epochs from the current weights (one session: the
+        optimizer state carries across its epochs); mean loss of the last epoch.
+        ``on_epoch(epoch)`` runs after each epoch and may call `evaluate`, as an app's
+        progress handler can (Core ML's MLUpdateTask reports each epoch's end)."""
 
     def evaluate(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         """Mean loss and accuracy of the current weights."""
@@ -66,11 +72,12 @@ class LiteRTDevice:
 
     def fit(self, features: np.ndarray, labels: np.ndarray, epochs: int,
             rng: np.random.Generator, learning_rate: float | None = None,
-            proximal_mu: float = 0.0, private: bool = False) -> float:
+            proximal_mu: float = 0.0, private: bool = False,
+            on_epoch: EpochHook | None = None) -> float:
         self.model.configure(learning_rate or self.default_learning_rate, proximal_mu)
         labels = labels.astype(np.int32)
         loss = float("nan")
-        for _ in range(epochs):
+        for epoch in range(1, epochs + 1):
             total, count = 0.0, 0
             for batch in padded_batches(features, labels, self.batch_size,
                                         order=rng.permutation(len(features))):
@@ -78,6 +85,8 @@ class LiteRTDevice:
                 total += self.model.train(*batch, private=private) * real
                 count += real
             loss = total / max(1, count)
+            if on_epoch is not None:
+                on_epoch(epoch)
         return loss
 
     def evaluate(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -120,13 +120,16 @@ def _choose_epochs(runtime: DeviceRuntime, x: np.ndarray, y: np.ndarray,
     correct = np.zeros(epochs + 1)
     loss = np.zeros(epochs + 1)
     for fit, val in folds:
-        runtime.set_weights(global_weights)
-        for epoch in range(epochs + 1):
-            if epoch:
-                runtime.fit(x[fit], y[fit], 1, rng, learning_rate=learning_rate)
+
+        def record(epoch: int, val: np.ndarray = val) -> None:
             fold_loss, accuracy = runtime.evaluate(x[val], y[val])
             correct[epoch] += accuracy * len(val)
             loss[epoch] += fold_loss * len(val)
+
+        runtime.set_weights(global_weights)
+        record(0)
+        # One training session per fold, measured at each epoch's end.
+        runtime.fit(x[fit], y[fit], epochs, rng, learning_rate=learning_rate, on_epoch=record)
     ranking = [(correct[e], -loss[e], -e) for e in range(1, epochs + 1)]
     best = int(-max(ranking)[2])
     if allow_zero:
