@@ -20,18 +20,15 @@ The optional kNN variant (``ModelKNN.mlmodel``) lives in `coreml_knn`.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devicetune.artifacts.manifest import CoreMLEntry, KNNEntry, RangeEntry, sha256_file
 from devicetune.errors import ExportError
+from devicetune.export.coreml_files import import_coremltools, quiet, write_spec
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2
@@ -62,14 +59,15 @@ def convert_backbone(feature_model: Any) -> Model_pb2.Model:
     Raises:
         ExportError: coremltools cannot convert an op; the message names the Keras layer.
     """
-    import coremltools as ct
-
     from devicetune.model.backbone import freeze
+
+    import_coremltools()
+    import coremltools as ct
 
     frozen = freeze(feature_model)
     shape = (1, *(int(d) for d in feature_model.inputs[0].shape[1:]))
     try:
-        with _quiet():
+        with quiet():
             mlmodel = ct.convert([frozen], source="tensorflow", convert_to="neuralnetwork",
                                  inputs=[ct.TensorType(name=INPUT, shape=shape)])
     except Exception as exc:  # coremltools raises NotImplementedError, ValueError, ...
@@ -84,6 +82,8 @@ def build_classifier_spec(backbone: Model_pb2.Model, layers: Sequence[DenseParam
     ``layers`` carry the weights (kernel ``(in, out)``; Core ML stores ``(out, in)``).
     """
     import numpy as np
+
+    import_coremltools()
     from coremltools.models.neural_network import AdamParams, NeuralNetworkBuilder, SgdParams
 
     spec = _classifier_shell(backbone)
@@ -107,7 +107,7 @@ def build_classifier_spec(backbone: Model_pb2.Model, layers: Sequence[DenseParam
     builder.set_class_labels(list(classes), predicted_feature_name=LABEL,
                              prediction_blob=PROBABILITIES)
     builder.make_updatable(names)
-    with _quiet():
+    with quiet():
         builder.set_categorical_cross_entropy_loss(name=LOSS, input=PROBABILITIES)
     head = model.spec
     optimizer = head.optimizer
@@ -180,9 +180,7 @@ def updatable_problems(spec: Model_pb2.Model) -> list[str]:
 
 def write_coreml(spec: Model_pb2.Model, path: Path) -> Path:
     """Save a spec as an ``.mlmodel`` file (the protobuf, as Xcode reads it)."""
-    path = Path(path)
-    path.write_bytes(spec.SerializeToString())
-    return path
+    return write_spec(spec, path)
 
 
 def coreml_entry(spec: Model_pb2.Model, path: Path, knn: KNNEntry | None = None
@@ -354,20 +352,6 @@ def _backprop_problems(nn: Any, producers: dict[str, Any]) -> list[str]:
             blocked = layer.name
         queue.extend(layer.input)
     return problems
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """coremltools prints progress bars and notes; the CLI prints its own summary."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        level = logging.getLogger("coremltools").level
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            logging.getLogger("coremltools").setLevel(level)
 
 
 def _conversion_message(exc: Exception, feature_model: Any) -> str:

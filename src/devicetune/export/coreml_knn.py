@@ -31,8 +31,9 @@ import numpy as np
 from devicetune.artifacts.manifest import KNNEntry, sha256_file
 from devicetune.errors import ArtifactError
 from devicetune.export.coreml import EMBEDDING, INPUT, KNN_DEFAULT_LABEL, LABEL, PROBABILITIES
+from devicetune.export.coreml_files import import_coremltools, load_spec, write_spec
 from devicetune.export.coreml_layers import compile_layer, run_layers
-from devicetune.export.coreml_reference import CHUNK, load_spec
+from devicetune.export.coreml_reference import CHUNK
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2
@@ -46,6 +47,7 @@ def build_knn_spec(backbone: Model_pb2.Model, tail: Sequence[DenseParams], featu
                    neighbors: int) -> Model_pb2.Model:
     """The pipeline: backbone, tail dense layers (not updatable), the embedding flattened
     to ``(D,)``, then an empty updatable kNN classifier with string labels."""
+    import_coremltools()
     from coremltools.models.nearest_neighbors import KNearestNeighborsClassifierBuilder
     from coremltools.models.neural_network import NeuralNetworkBuilder
     from coremltools.proto import Model_pb2, NeuralNetwork_pb2
@@ -133,10 +135,9 @@ class KNNReference:
     """
 
     def __init__(self, model: str | Path | Model_pb2.Model) -> None:
-        from coremltools.proto import Model_pb2
-
-        self._spec = Model_pb2.Model()
-        self._spec.CopyFrom(load_spec(model))
+        loaded = load_spec(model)
+        self._spec = type(loaded)()
+        self._spec.CopyFrom(loaded)
         models = self._spec.pipelineClassifier.pipeline.models
         if (self._spec.WhichOneof("Type") != "pipelineClassifier" or len(models) != 2
                 or models[1].WhichOneof("Type") != "kNearestNeighborsClassifier"):
@@ -211,9 +212,8 @@ class KNNReference:
         return spec
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_bytes(self.spec.SerializeToString())
-        return path
+        """Write the pipeline with the examples added so far."""
+        return write_spec(self.spec, path)
 
     def _vote(self, distances: np.ndarray, indices: np.ndarray) -> str:
         exact = distances == 0.0

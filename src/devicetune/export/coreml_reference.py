@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devicetune.errors import ArtifactError, ExportError
+from devicetune.export.coreml_files import load_spec, write_spec
 from devicetune.export.coreml_layers import InnerProduct, compile_layer, run_layers
 from devicetune.export.coreml_training import DenseHead, Optimizer, UpdateParameters, train
 
@@ -43,28 +44,6 @@ if TYPE_CHECKING:
     from coremltools.proto import Model_pb2
 
 CHUNK = 256  # examples per pass through the backbone: bounds im2col memory
-
-
-def load_spec(model: str | Path | Model_pb2.Model) -> Model_pb2.Model:
-    """A spec from a ``.mlmodel`` path (or the spec itself).
-
-    Raises:
-        ArtifactError: the file is missing or not a Core ML model.
-    """
-    from coremltools.proto import Model_pb2
-
-    if isinstance(model, Model_pb2.Model):
-        return model
-    path = Path(model)
-    spec = Model_pb2.Model()
-    try:
-        spec.ParseFromString(path.read_bytes())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: no such Core ML model") from None
-    except Exception:  # protobuf's DecodeError and friends
-        raise ArtifactError(f"{path}: not a Core ML model (the protobuf does not parse); "
-                            "rebuild it with `devicetune build`") from None
-    return spec
 
 
 class CoreMLReference:
@@ -79,10 +58,9 @@ class CoreMLReference:
     """
 
     def __init__(self, model: str | Path | Model_pb2.Model) -> None:
-        from coremltools.proto import Model_pb2
-
-        spec = Model_pb2.Model()
-        spec.CopyFrom(load_spec(model))
+        loaded = load_spec(model)
+        spec = type(loaded)()
+        spec.CopyFrom(loaded)
         if spec.WhichOneof("Type") != "neuralNetworkClassifier" or not spec.isUpdatable:
             raise ArtifactError(f"the Core ML model is a {spec.WhichOneof('Type')} (updatable: "
                                 f"{spec.isUpdatable}); CoreMLReference runs updatable neural "
@@ -240,9 +218,7 @@ class CoreMLReference:
 
     def save(self, path: str | Path) -> Path:
         """Write the updated model (what an app saves after `MLUpdateTask`)."""
-        path = Path(path)
-        path.write_bytes(self.spec.SerializeToString())
-        return path
+        return write_spec(self.spec, path)
 
     # --------------------------------------------------------------------- helpers
 
