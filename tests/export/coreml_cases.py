@@ -32,6 +32,6 @@ def converted(v: Variant) -> tuple[Model_pb2.Model, Model_pb2.Model]:
 
     if id(v) not in _CONVERTED:
         backbone = convert_backbone(v.model.feature_model)
-        spec = build_classifier_spec(backbone, v.model.layers, v.model.classes, v.model)
+        spec = build_classifier_spec(backbone, v.model)
         _CONVERTED[id(v)] = (backbone, spec)
     return _CONVERTED[id(v)]

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from coremltools.proto import Model_pb2
 
 from devicetune.artifacts.manifest import Manifest, read_manifest, sha256_file
 from devicetune.config import parse_config
@@ -76,6 +77,24 @@ def test_spec_is_an_updatable_classifier(variant, kwargs) -> None:
         assert tunable.range.minValue < tunable.range.maxValue
     if head.optimizer.name == "sgd":
         assert optimizer.momentum.defaultValue == pytest.approx(head.optimizer.momentum)
+
+
+def test_updatable_check_catches_what_core_ml_refuses(variant) -> None:
+    v = variant(head="mlp", optimizer="sgd")
+    spec = Model_pb2.Model()
+    spec.CopyFrom(converted(v)[1])
+    layers = {layer.name: layer for layer in spec.neuralNetworkClassifier.layers}
+    layers["softmax"].isUpdatable = True
+    convolution = next(layer for layer in layers.values()
+                       if layer.WhichOneof("layer") == "convolution")
+    convolution.isUpdatable = True
+    convolution.convolution.weights.isUpdatable = True
+    convolution.convolution.bias.isUpdatable = convolution.convolution.hasBias
+    problems = updatable_problems(spec)
+    assert "layer 'softmax' (softmax) cannot be updatable" in problems
+    # The backbone's convolutions sit above transposes and squeezes, which Core ML
+    # cannot backpropagate through.
+    assert any(f"to updatable layer {convolution.name!r}" in p for p in problems)
 
 
 @pytest.mark.parametrize("kwargs", VARIANTS[-2:], ids=IDS[-2:])

@@ -21,7 +21,6 @@ The optional kNN variant (``ModelKNN.mlmodel``) lives in `coreml_knn`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
     from coremltools.proto import Model_pb2
 
     from devicetune.config import ExportConfig
-    from devicetune.model.backbone import DenseParams
     from devicetune.model.trainable import TrainableModel
 
 COREML_FILE = "Model.mlmodel"
@@ -75,12 +73,11 @@ def convert_backbone(feature_model: Any) -> Model_pb2.Model:
     return mlmodel.get_spec()
 
 
-def build_classifier_spec(backbone: Model_pb2.Model, layers: Sequence[DenseParams],
-                          classes: Sequence[str], model: TrainableModel) -> Model_pb2.Model:
-    """The updatable classifier: backbone layers, inner products, softmax, loss, optimizer.
-
-    ``layers`` carry the weights (kernel ``(in, out)``; Core ML stores ``(out, in)``).
-    """
+def build_classifier_spec(backbone: Model_pb2.Model, model: TrainableModel
+                          ) -> Model_pb2.Model:
+    """The updatable classifier: the converted backbone's layers, then an inner product
+    per trainable dense layer of ``model`` (its weights; Core ML stores the kernel
+    ``(out, in)``), ReLU between them, softmax, loss, the HeadSpec's optimizer."""
     import numpy as np
 
     import_coremltools()
@@ -90,9 +87,9 @@ def build_classifier_spec(backbone: Model_pb2.Model, layers: Sequence[DenseParam
     builder = NeuralNetworkBuilder(spec=spec)
     previous = _expand_to_rank4(builder, _output_name(backbone), FEATURES)
     names = []
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(model.layers):
         name = f"dense{i}"
-        last = i == len(layers) - 1
+        last = i == len(model.layers) - 1
         output = "logits" if last else f"{name}_out"
         builder.add_inner_product(
             name, W=np.ascontiguousarray(layer.kernel.T, np.float32),
@@ -104,7 +101,7 @@ def build_classifier_spec(backbone: Model_pb2.Model, layers: Sequence[DenseParam
         if not last and layer.activation == "relu":
             previous = _relu(builder, f"{name}_relu", previous)
     builder.add_softmax("softmax", input_name=previous, output_name=PROBABILITIES)
-    builder.set_class_labels(list(classes), predicted_feature_name=LABEL,
+    builder.set_class_labels(model.classes, predicted_feature_name=LABEL,
                              prediction_blob=PROBABILITIES)
     builder.make_updatable(names)
     with quiet():
@@ -233,7 +230,7 @@ def build_coreml(model: TrainableModel, export: ExportConfig, out_dir: Path
         ExportError: the backbone cannot be converted.
     """
     backbone = convert_backbone(model.feature_model)
-    spec = build_classifier_spec(backbone, model.layers, model.classes, model)
+    spec = build_classifier_spec(backbone, model)
     problems = updatable_problems(spec)
     if problems:  # a devicetune bug rather than a user error: say what broke
         raise ExportError(f"the Core ML model is not a valid updatable model: "
