@@ -43,7 +43,7 @@ SMALL = {
                                   "epochs": 2}},
         "optimizer": {"name": "adam", "learning_rate": 0.005},
     },
-    "export": {"coreml": False, "parity_steps": 10},
+    "export": {"parity_steps": 10},
     "fleet": {"devices": 5, "platform_mix": {"android": 1.0}, "availability": 1.0,
               "dropout": 0.0, "data": {"windows_per_device": 24},
               "personalization": {"epochs": 4}},

@@ -40,6 +40,16 @@ def test_a_small_fleet_writes_the_run_folder(tmp_path: Path, data_dir: Path,
     assert load_config(tmp_path / "config.toml").fleet.devices == 5  # resolved config
 
 
+def test_a_mixed_fleet_runs_both_runtimes(tmp_path: Path, data_dir: Path,
+                                         small_artifacts: Path) -> None:
+    config = small_config(fleet={"platform_mix": {"android": 0.5, "ios": 0.5}})
+    result = simulate(config, tmp_path, data_dir, artifacts=small_artifacts)
+    platforms = {r.platform for r in result.devices}
+    assert platforms == {"android", "ios"}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["completed"] == 4 for row in rows)
+
+
 def test_the_same_seed_gives_the_same_summary(tmp_path: Path, data_dir: Path,
                                               small_artifacts: Path) -> None:
     config = small_config(fleet={"availability": 0.7, "dropout": 0.2})

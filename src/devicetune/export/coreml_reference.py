@@ -29,7 +29,7 @@ means the spec's seed). For the kNN pipeline see `devicetune.export.coreml_knn`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,8 +148,11 @@ class CoreMLReference:
     def update(self, data: np.ndarray, labels: Sequence[Any] | np.ndarray,
                epochs: int | None = None, batch_size: int | None = None,
                learning_rate: float | None = None,
-               shuffle_seed: int | np.random.Generator | None = None) -> list[float]:
+               shuffle_seed: int | np.random.Generator | None = None,
+               on_epoch: Callable[[int], None] | None = None) -> list[float]:
         """One `MLUpdateTask`: train the updatable layers; per-epoch mean losses.
+        ``on_epoch(epoch)`` runs at each epoch's end with the weights of that moment
+        (the task's progress handler); it may call `evaluate`.
 
         Raises:
             ConfigError: a parameter outside the model's allowed range, or an unknown label.
@@ -164,8 +167,13 @@ class CoreMLReference:
                else np.random.default_rng(params.seed if shuffle_seed is None
                                           else shuffle_seed))
         optimizer = Optimizer(params, rate, [p.shape for p in self._head.params()])
+        def epoch_end(epoch: int) -> None:
+            self._sync_kernels()
+            if on_epoch is not None:
+                on_epoch(epoch)
+
         losses = train(self._head, features.astype(np.float64), y, optimizer, epochs,
-                       batch, params.shuffle, rng)
+                       batch, params.shuffle, rng, on_epoch=epoch_end)
         self._sync_kernels()
         return losses
 

@@ -23,6 +23,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,8 +236,10 @@ class Optimizer:
 
 def train(head: DenseHead, features: np.ndarray, labels: np.ndarray,
           optimizer: Optimizer, epochs: int, batch_size: int, shuffle: bool,
-          rng: np.random.Generator) -> list[float]:
-    """Run ``epochs`` passes; the mean loss of each (before each batch's step)."""
+          rng: np.random.Generator,
+          on_epoch: Callable[[int], None] | None = None) -> list[float]:
+    """Run ``epochs`` passes; the mean loss of each (before each batch's step).
+    ``on_epoch(epoch)`` runs at each epoch's end, like MLUpdateTask's progress handler."""
     n = len(labels)
     params, trainable = head.params(), head.trainable_mask()
     losses = []
@@ -248,4 +252,6 @@ def train(head: DenseHead, features: np.ndarray, labels: np.ndarray,
             optimizer.apply(params, grads, trainable)
             total += loss * len(rows)
         losses.append(total / max(1, n))
+        if on_epoch is not None:
+            on_epoch(len(losses))
     return losses
