@@ -44,7 +44,7 @@ def test_epoch_hook_sees_each_epoch_on_both(both) -> None:
         seen: list[tuple[int, float]] = []
         features = runtime.features(data.x)
         runtime.fit(features, data.y, epochs=3, rng=np.random.default_rng(0),
-                    on_epoch=lambda e, r=runtime, f=features: seen.append(
+                    on_epoch=lambda e, r=runtime, f=features, s=seen: s.append(
                         (e, r.evaluate(f, data.y)[0])))
         assert [e for e, _ in seen] == [1, 2, 3]
         # The hook saw the weights of that moment: they moved between epochs, and the
