@@ -32,7 +32,7 @@ from devicetune.fleet.population import DeviceProfile, LocalData, Population
 METRICS_FILE = "metrics.jsonl"
 DEVICES_FILE = "devices.csv"
 SUMMARY_FILE = "summary.json"
-ENGINES = ("inline",)
+ENGINES = ("inline", "flower")
 
 
 class Progress(Protocol):
@@ -93,10 +93,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     initial = reference.get_weights()
 
     progress.stage("preparing the evaluation devices", None)
-    # Global accuracy is measured on the people personalization is measured on (when
-    # they are others than the fleet's, they are the honest held-out set).
-    eval_population, _ = personalization_population(config, population, data_dir)
-    evaluate = _global_evaluator(eval_population, reference, config.fleet.eval_devices)
+    evaluate = global_evaluator(config, population, reference, data_dir)
     from devicetune.fleet.grid import InlineGrid
     from devicetune.fleet.messages import TrainInstructions
 
@@ -109,20 +106,24 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
             private=config.privacy.device.enabled),
         max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
     )
-    grid = InlineGrid(population, runtimes, round_timeout_s=config.server.round_timeout_s,
-                      on_device=lambda _: progress.advance())
     initial_accuracy = evaluate(initial)["accuracy"]
     metrics_path = out_dir / METRICS_FILE
-    metrics_path.write_text("")
-    device_rounds, rounds_s = 0, 0.0
-    for server_round in range(1, config.server.rounds + 1):
-        progress.stage(f"round {server_round}/{config.server.rounds}",
-                       min(config.server.devices_per_round, population.devices))
-        record = loop.run_round(grid, server_round)
-        device_rounds += record.sampled
-        rounds_s += record.wall_s
-        with metrics_path.open("a") as handle:  # a crashed run keeps its finished rounds
-            handle.write(json.dumps(record.to_dict()) + "\n")
+    if engine == "flower":
+        final = _run_flower_engine(config, out_dir, artifacts, data_dir, population, progress)
+        loop.weights = final
+    else:
+        grid = InlineGrid(population, runtimes, round_timeout_s=config.server.round_timeout_s,
+                          on_device=lambda _: progress.advance())
+        metrics_path.write_text("")
+        for server_round in range(1, config.server.rounds + 1):
+            progress.stage(f"round {server_round}/{config.server.rounds}",
+                           min(config.server.devices_per_round, population.devices))
+            record = loop.run_round(grid, server_round)
+            with metrics_path.open("a") as handle:  # a crashed run keeps finished rounds
+                handle.write(json.dumps(record.to_dict()) + "\n")
+    rounds = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    device_rounds = sum(r["sampled"] for r in rounds)
+    rounds_s = sum(r["wall_s"] for r in rounds)
 
     results = _personalize_fleet(config, population, runtimes, loop.weights, learning_rate,
                                  data_dir, progress)
@@ -133,6 +134,39 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     np.savez(out_dir / "global_weights.npz",
              **dict(zip(loop.names, loop.weights, strict=True)))
     return SimulationResult(out_dir, summary, results)
+
+
+def _run_flower_engine(config: DevicetuneConfig, out_dir: Path, artifacts: Path,
+                       data_dir: Path, population: Population, progress: Progress
+                       ) -> list[np.ndarray]:
+    """The rounds through Flower's Simulation Engine (Ray): every device a virtual
+    SuperNode running the devicetune ClientApp, the ServerApp running the same loop."""
+    import os
+
+    from flwr.simulation import run_simulation
+
+    from devicetune.server.apps import AppSettings, make_client_app, make_server_app
+
+    settings = AppSettings(config=out_dir / "config.toml", artifacts=Path(artifacts).resolve(),
+                           data_dir=Path(data_dir).resolve(), out_dir=out_dir.resolve())
+    progress.stage(f"{config.server.rounds} rounds in Flower's Simulation Engine (Ray)", None)
+    # Ray workers are fresh processes: they find the data and import the same code.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    run_simulation(
+        server_app=make_server_app(settings), client_app=make_client_app(settings),
+        num_supernodes=population.devices,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"num_cpus": os.cpu_count() or 1,
+                                      "include_dashboard": False}},
+    )
+    weights_file = out_dir / "global_weights.npz"
+    if not weights_file.exists():
+        from devicetune.errors import ServerError
+
+        raise ServerError("the Flower simulation ended without global weights; see the "
+                          "log above for the ServerApp's error")
+    with np.load(weights_file) as saved:
+        return [saved[name] for name in saved.files]
 
 
 def quiet_flower() -> None:
@@ -187,12 +221,16 @@ def _check_fits(population: Population, artifacts: Path) -> None:
                           f"{list(population.source.example_shape)}")
 
 
-def _global_evaluator(population: Population, runtime: DeviceRuntime, count: int
-                      ) -> Callable[[list[np.ndarray]], dict[str, float]]:
+def global_evaluator(config: DevicetuneConfig, population: Population,
+                     runtime: DeviceRuntime, data_dir: Path
+                     ) -> Callable[[list[np.ndarray]], dict[str, float]]:
     """Global accuracy on the future data of a fixed sample of devices (features are
-    computed once: the backbone is frozen)."""
+    computed once: the backbone is frozen). The devices are those personalization is
+    measured on: when they are other people than the fleet's, the set is held out."""
+    assert config.fleet is not None
+    population, _ = personalization_population(config, population, data_dir)
     features, labels = [], []
-    for device_id in population.sample_ids(count, salt=0):
+    for device_id in population.sample_ids(config.fleet.eval_devices, salt=0):
         test = population.local_data(device_id).test
         features.append(runtime.features(test.x))
         labels.append(test.y)

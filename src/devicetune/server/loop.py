@@ -94,6 +94,13 @@ class FederatedLoop:
             if online else []
         replies = list(grid.send_and_receive(messages, timeout=self.round_timeout_s)) \
             if messages else []
+        # A device that failed mid-round (an error reply) dropped out, as one that never
+        # answered did.
+        failed = [r for r in replies if r.has_error()]
+        for reply in failed:
+            log.info("device node %s dropped: %s", reply.metadata.src_node_id,
+                     reply.error.reason)
+        replies = [r for r in replies if not r.has_error()]
         valid, rejected, losses = self._validate(replies)
         if valid:
             arrays, _ = self.strategy.aggregate_train(server_round, valid)
@@ -112,10 +119,6 @@ class FederatedLoop:
         valid, rejected, losses = [], 0, []
         for reply in replies:
             source = reply.metadata.src_node_id
-            if reply.has_error():
-                log.warning("device node %s failed: %s", source, reply.error.reason)
-                rejected += 1
-                continue
             names, weights = record_to_weights(reply.content[ARRAYS])
             problem = update_problem(names, weights, self.names, self.weights,
                                      self.max_update_norm)
