@@ -143,6 +143,7 @@ MALFORMED = [
     ("[fleet]\n", "fleet.devices", "required"),
     ('name = "Has Spaces"\n', "name", "Has Spaces"),
     ("[emit]\nenabled = true\n", "emit", "registry"),
+    ("[fleet]\ndevices = 3\n[server]\nproximal_mu = 0.1\n", "(top level)", "all-android"),
     (BUILD.replace('"lie"]', '"walk"]'), "model.classes", "unique"),
 ]
 

@@ -100,7 +100,9 @@ def build(config: ConfigArg, out: OutOpt, data: DataOpt = None) -> None:
 @app.command()
 def simulate(
     config: ConfigArg, out: OutOpt, data: DataOpt = None,
-    engine: Annotated[str, typer.Option(help="inline (the artifacts, in process).")]
+    engine: Annotated[str, typer.Option(
+        help="inline: each device runs the artifacts in turn; vectorized: a round's "
+        "devices train as one batch (same math); flower: Flower's Simulation Engine.")]
     = "inline",
     artifacts: Annotated[Path | None, typer.Option(
         help="Run this `devicetune build` folder instead of building one.")] = None,

@@ -391,6 +391,18 @@ class DevicetuneConfig(_Section):
 
     source: Path | None = Field(None, exclude=True)
 
+    @model_validator(mode="after")
+    def _ios_can_do_it(self) -> DevicetuneConfig:
+        # Core ML's update task has no proximal term and no per-example clipping.
+        if self.fleet is not None and self.fleet.platform_mix.get("ios", 0) > 0:
+            if self.server.proximal_mu > 0:
+                raise ValueError("server.proximal_mu > 0 needs an all-android fleet: Core ML "
+                                 "updates have no proximal term (set fleet.platform_mix)")
+            if self.privacy.device.enabled:
+                raise ValueError("privacy.device.enabled needs an all-android fleet: Core "
+                                 "ML updates cannot clip per-example gradients")
+        return self
+
     def require(self, *sections: str, command: str) -> None:
         """Raise `ConfigError` unless every named section is present."""
         for section in sections:

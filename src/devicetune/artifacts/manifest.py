@@ -47,6 +47,10 @@ class TFLiteEntry(_Strict):
     weight_names: list[str] = Field(description="order of get_weights / set_weights")
     dp_clip_norm: float
     dp_noise_multiplier: float
+    head_activations: list[str] = Field(
+        default_factory=list,
+        description="activation of each trainable dense layer before the final softmax",
+    )
 
 
 class RangeEntry(_Strict):

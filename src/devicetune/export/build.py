@@ -115,6 +115,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         batch_size=config.model.batch_size, weight_names=list(program.names),
         dp_clip_norm=config.export.dp_clip_norm,
         dp_noise_multiplier=config.export.dp_noise_multiplier,
+        head_activations=[layer.activation for layer in model.layers],
     )
     report.write(out_dir)
     # Every file of the folder is listed, so the whole release can be signed: the

@@ -15,7 +15,8 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from devicetune.device.runtime import DeviceRuntime
-from devicetune.fleet.local_training import handle_train
+from devicetune.fleet.features import FeatureCache
+from devicetune.fleet.local_training import handle_train, training_data
 from devicetune.fleet.population import Population
 
 # Flower reserves small node ids for itself (the SuperLink is node 1).
@@ -40,12 +41,15 @@ class InlineGrid(Grid):
         round_timeout_s: a device whose simulated time exceeds it is a straggler and
             its reply is lost, as a server's timeout would lose it.
         on_device: called after each device finishes, for progress bars.
+        cache: devices' training features kept across rounds (the backbone is frozen).
     """
 
     def __init__(self, population: Population, runtimes: dict[str, DeviceRuntime],
                  round_timeout_s: float = float("inf"),
-                 on_device: Callable[[int], None] | None = None) -> None:
+                 on_device: Callable[[int], None] | None = None,
+                 cache: FeatureCache | None = None) -> None:
         self.population = population
+        self.cache = cache or FeatureCache()
         self.runtimes = runtimes
         self.round_timeout_s = round_timeout_s
         self.on_device = on_device or (lambda _: None)
@@ -71,9 +75,12 @@ class InlineGrid(Grid):
                 self.dropped.append(device)
                 self.on_device(device)
                 continue
-            data = self.population.local_data(device)
-            reply = handle_train(message, self.runtimes[profile.platform], data, profile,
-                                 self.population.seed)
+            runtime = self.runtimes[profile.platform]
+            compute = training_data(runtime, lambda d=device: self.population.local_data(d))
+            reply = handle_train(
+                message, runtime,
+                lambda d=device, c=compute, p=profile.platform: self.cache.fetch((p, d), c),
+                profile, self.population.seed)
             self.on_device(device)
             if reply.content["metrics"]["device-seconds"] > self.round_timeout_s:
                 self.dropped.append(device)

@@ -4,6 +4,7 @@ data through the artifact, reply with the new weights."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,29 +20,41 @@ from devicetune.fleet.messages import (
 )
 from devicetune.fleet.population import DeviceProfile, LocalData
 
+TrainingData = Callable[[], tuple[np.ndarray, np.ndarray]]
 
-def train_locally(runtime: DeviceRuntime, data: LocalData, weights: list[np.ndarray],
+
+def train_locally(runtime: DeviceRuntime, train: TrainingData, weights: list[np.ndarray],
                   instructions: TrainInstructions, rng: np.random.Generator
                   ) -> tuple[list[np.ndarray], dict[str, float]]:
-    """Local epochs from ``weights`` on the device's training split.
+    """Local epochs from ``weights`` on the device's training features.
 
     Returns:
         The new weights and the metrics of the reply (examples, loss, compute time).
     """
+    features, labels = train()
     runtime.set_weights(weights)
     start = time.perf_counter()
-    features = runtime.features(data.train.x)
-    loss = runtime.fit(features, data.train.y, instructions.local_epochs, rng,
+    loss = runtime.fit(features, labels, instructions.local_epochs, rng,
                        learning_rate=instructions.learning_rate,
                        proximal_mu=instructions.proximal_mu, private=instructions.private)
     compute_s = time.perf_counter() - start
-    return runtime.get_weights(), {NUM_EXAMPLES: float(len(data.train)),
+    return runtime.get_weights(), {NUM_EXAMPLES: float(len(labels)),
                                    "train-loss": float(loss), "compute-seconds": compute_s}
 
 
-def handle_train(request, runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
-                 seed: int):
-    """Answer a Flower train Message as device ``profile.device_id``."""
+def training_data(runtime: DeviceRuntime, data: Callable[[], LocalData]) -> TrainingData:
+    """The device's training features and labels, computed by its own backbone."""
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        train = data().train
+        return runtime.features(train.x), train.y
+
+    return compute
+
+
+def handle_train(request, runtime: DeviceRuntime, train: TrainingData,
+                 profile: DeviceProfile, seed: int):
+    """Answer a Flower train Message as device ``profile.device_id``; ``train`` gives
+    its training features and labels (computed on first use, or cached)."""
     names, weights = record_to_weights(request.content[ARRAYS])
     if names != runtime.weight_names:
         raise ArtifactError(f"the server sent weights {names}, but the device's artifact "
@@ -49,7 +62,7 @@ def handle_train(request, runtime: DeviceRuntime, data: LocalData, profile: Devi
     instructions = TrainInstructions.from_config(dict(request.content[CONFIG]))
     rng = np.random.default_rng(np.random.SeedSequence(
         [seed, 8, instructions.server_round, profile.device_id]))
-    new_weights, metrics = train_locally(runtime, data, weights, instructions, rng)
+    new_weights, metrics = train_locally(runtime, train, weights, instructions, rng)
     # A slower phone takes proportionally longer for the same work.
     metrics["device-seconds"] = metrics["compute-seconds"] / profile.speed
     metrics["device-id"] = float(profile.device_id)

@@ -32,7 +32,7 @@ from devicetune.fleet.population import DeviceProfile, LocalData, Population
 METRICS_FILE = "metrics.jsonl"
 DEVICES_FILE = "devices.csv"
 SUMMARY_FILE = "summary.json"
-ENGINES = ("inline", "flower")
+ENGINES = ("inline", "vectorized", "flower")
 
 
 class Progress(Protocol):
@@ -94,7 +94,6 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
 
     progress.stage("preparing the evaluation devices", None)
     evaluate = global_evaluator(config, population, reference, data_dir)
-    from devicetune.fleet.grid import InlineGrid
     from devicetune.fleet.messages import TrainInstructions
 
     loop = FederatedLoop(
@@ -112,8 +111,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         final = _run_flower_engine(config, out_dir, artifacts, data_dir, population, progress)
         loop.weights = final
     else:
-        grid = InlineGrid(population, runtimes, round_timeout_s=config.server.round_timeout_s,
-                          on_device=lambda _: progress.advance())
+        grid = _grid(engine, config, population, runtimes, artifacts, progress)
         metrics_path.write_text("")
         for server_round in range(1, config.server.rounds + 1):
             progress.stage(f"round {server_round}/{config.server.rounds}",
@@ -134,6 +132,35 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     np.savez(out_dir / "global_weights.npz",
              **dict(zip(loop.names, loop.weights, strict=True)))
     return SimulationResult(out_dir, summary, results)
+
+
+def _grid(engine: str, config: DevicetuneConfig, population: Population,
+          runtimes: dict[str, DeviceRuntime], artifacts: Path, progress: Progress) -> Any:
+    """The in-process grid of an engine: each device's artifact in turn, or all of a
+    round's devices batched together."""
+    from devicetune.fleet.grid import InlineGrid
+
+    assert config.model is not None
+    timeout_s = config.server.round_timeout_s
+    if engine == "inline":
+        return InlineGrid(population, runtimes, round_timeout_s=timeout_s,
+                          on_device=lambda _: progress.advance())
+    from devicetune.artifacts.manifest import read_manifest
+    from devicetune.device.runtime import LiteRTDevice
+    from devicetune.fleet.vectorized import VectorizedGrid
+
+    if config.privacy.device.enabled:
+        raise ConfigError("--engine vectorized: on-device DP-SGD runs in the inline and "
+                          "flower engines only")
+    manifest = read_manifest(artifacts)
+    assert manifest.tflite is not None
+    embedder = runtimes.get("android")
+    if not isinstance(embedder, LiteRTDevice):
+        embedder = LiteRTDevice(artifacts / manifest.tflite.file,
+                                config.model.optimizer.learning_rate)
+    return VectorizedGrid(population, embedder, manifest.tflite.head_activations,
+                          config.model.optimizer, round_timeout_s=timeout_s,
+                          on_device=lambda _: progress.advance())
 
 
 def _run_flower_engine(config: DevicetuneConfig, out_dir: Path, artifacts: Path,

@@ -66,11 +66,13 @@ class _DeviceSide:
     config: Any
     population: Any
     runtimes: dict[str, Any]
+    cache: Any
 
 
 @cache
 def _device_side(settings: AppSettings) -> _DeviceSide:
     from devicetune.config import load_config
+    from devicetune.fleet.features import FeatureCache
     from devicetune.fleet.population import Population
     from devicetune.fleet.simulate import open_runtimes
 
@@ -79,7 +81,8 @@ def _device_side(settings: AppSettings) -> _DeviceSide:
     population = Population.from_config(config.fleet, config.seed, settings.data_dir)
     rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
     return _DeviceSide(config, population,
-                       open_runtimes(settings.artifacts, config.fleet.platform_mix, rate))
+                       open_runtimes(settings.artifacts, config.fleet.platform_mix, rate),
+                       FeatureCache())
 
 
 def _device_id(context: Any) -> int:
@@ -98,7 +101,7 @@ def make_client_app(settings: AppSettings | None = None) -> Any:
     from flwr.app import Error, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
-    from devicetune.fleet.local_training import handle_train
+    from devicetune.fleet.local_training import handle_train, training_data
 
     app = ClientApp()
 
@@ -114,9 +117,12 @@ def make_client_app(settings: AppSettings | None = None) -> Any:
             # The phone went offline: the server hears nothing useful from it.
             return Message(Error(code=0, reason=DROPPED_OUT), reply_to=message)
         profile = device.population.profile(device_id)
-        return handle_train(message, device.runtimes[profile.platform],
-                            device.population.local_data(device_id), profile,
-                            device.population.seed)
+        runtime = device.runtimes[profile.platform]
+        compute = training_data(runtime, lambda: device.population.local_data(device_id))
+        return handle_train(
+            message, runtime,
+            lambda: device.cache.fetch((profile.platform, device_id), compute),
+            profile, device.population.seed)
 
     @app.query()
     def query(message: Message, context: Any) -> Message:

@@ -1,0 +1,129 @@
+"""The head's training step for many devices at once, in numpy (float32).
+
+The same math as the artifact's ``train`` signature (devicetune.model.step and
+optimizers): a static batch with a mask, mean cross-entropy over the real rows,
+closed-form gradients, the proximal term, SGD with momentum or Adam with bias
+correction. Here every array has a leading device axis, so one step advances every
+device of a round together. A device whose batch holds no real rows this step (it has
+fewer batches than the busiest device) is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from devicetune.config import OptimizerSpec
+
+_LOG_EPS = np.float32(1e-12)
+
+
+@dataclass
+class BatchedHead:
+    """Weights and optimizer state of ``D`` devices' heads.
+
+    Args:
+        params: per tensor (``kernel, bias`` per layer), shape ``(D, *tensor_shape)``.
+        activations: per layer, "relu" or "linear" (the last is followed by softmax).
+        optimizer: the artifact's optimizer.
+        learning_rate, proximal_mu: as the artifact's ``configure`` sets them.
+    """
+
+    params: list[np.ndarray]
+    activations: list[str]
+    optimizer: OptimizerSpec
+    learning_rate: float
+    proximal_mu: float = 0.0
+    anchor: list[np.ndarray] = field(default_factory=list)
+    _slots: list[list[np.ndarray]] = field(default_factory=list)
+    _steps: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.params = [np.array(p, np.float32) for p in self.params]
+        self.anchor = [p.copy() for p in self.params]
+        slots = 2 if self.optimizer.name == "adam" else 1
+        self._slots = [[np.zeros_like(p) for p in self.params] for _ in range(slots)]
+        self._steps = np.zeros(self.devices, np.float32)
+
+    @classmethod
+    def from_global(cls, weights: list[np.ndarray], devices: int, **kwargs: object
+                    ) -> BatchedHead:
+        """``devices`` copies of one set of weights (a round's starting point)."""
+        stacked = [np.broadcast_to(w, (devices, *w.shape)).copy() for w in weights]
+        return cls(stacked, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def devices(self) -> int:
+        return int(self.params[0].shape[0])
+
+    def device_weights(self, device: int) -> list[np.ndarray]:
+        return [p[device].copy() for p in self.params]
+
+    def step(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One training step on ``(D, B, F)`` features, ``(D, B)`` labels and mask;
+        returns each device's mean loss over its real rows."""
+        kernels, biases = self.params[0::2], self.params[1::2]
+        inputs, pre = [], []
+        hidden = features
+        for kernel, bias, activation in zip(kernels, biases, self.activations, strict=True):
+            inputs.append(hidden)
+            z = np.matmul(hidden, kernel) + bias[:, None, :]
+            pre.append(z)
+            hidden = np.maximum(z, 0) if activation == "relu" else z
+        logits = pre[-1] - pre[-1].max(axis=2, keepdims=True)
+        exp = np.exp(logits)
+        probabilities = exp / exp.sum(axis=2, keepdims=True)
+        onehot = np.eye(probabilities.shape[2], dtype=np.float32)[labels]
+        count = np.maximum(mask.sum(axis=1), 1.0)
+        per_example = -(onehot * np.log(probabilities + _LOG_EPS)).sum(axis=2)
+        loss = (per_example * mask).sum(axis=1) / count
+
+        delta = (probabilities - onehot) * (mask / count[:, None])[:, :, None]
+        grads: list[np.ndarray] = []
+        for layer in range(len(kernels) - 1, -1, -1):
+            grads.insert(0, delta.sum(axis=1))
+            grads.insert(0, np.matmul(inputs[layer].transpose(0, 2, 1), delta))
+            if layer:
+                delta = np.matmul(delta, kernels[layer].transpose(0, 2, 1))
+                if self.activations[layer - 1] == "relu":
+                    delta = delta * (pre[layer - 1] > 0)
+        if self.proximal_mu:
+            grads = [g + np.float32(self.proximal_mu) * (p - a)
+                     for g, p, a in zip(grads, self.params, self.anchor, strict=True)]
+        self._apply(grads, active=mask.sum(axis=1) > 0)
+        return loss
+
+    def _apply(self, grads: list[np.ndarray], active: np.ndarray) -> None:
+        rate = np.float32(self.learning_rate)
+        spec = self.optimizer
+        if spec.name == "adam":
+            steps = self._steps + active  # only devices that trained this step advance
+            b1, b2 = np.float32(spec.beta_1), np.float32(spec.beta_2)
+            m_scale = (1.0 / (1.0 - b1 ** np.maximum(steps, 1))).astype(np.float32)
+            v_scale = (1.0 / (1.0 - b2 ** np.maximum(steps, 1))).astype(np.float32)
+            for i, grad in enumerate(grads):
+                keep = _expand(active, grad)
+                m, v = self._slots[0][i], self._slots[1][i]
+                new_m = b1 * m + (1 - b1) * grad
+                new_v = b2 * v + (1 - b2) * grad * grad
+                update = (new_m * _expand(m_scale, grad)) / (
+                    np.sqrt(new_v * _expand(v_scale, grad)) + np.float32(spec.epsilon))
+                self._slots[0][i] = np.where(keep, new_m, m)
+                self._slots[1][i] = np.where(keep, new_v, v)
+                self.params[i] = np.where(keep, self.params[i] - rate * update, self.params[i])
+            self._steps = steps.astype(np.float32)
+            return
+        momentum = np.float32(spec.momentum)
+        for i, grad in enumerate(grads):
+            keep = _expand(active, grad)
+            if momentum == 0:
+                self.params[i] = np.where(keep, self.params[i] - rate * grad, self.params[i])
+                continue
+            velocity = momentum * self._slots[0][i] - rate * grad
+            self._slots[0][i] = np.where(keep, velocity, self._slots[0][i])
+            self.params[i] = np.where(keep, self.params[i] + velocity, self.params[i])
+
+
+def _expand(per_device: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return per_device.reshape((-1,) + (1,) * (like.ndim - 1))
