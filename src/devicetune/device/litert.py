@@ -5,11 +5,35 @@ Only `ai_edge_litert` is needed here, not TensorFlow: a phone has no TensorFlow 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from devicetune.errors import ArtifactError
+
+_INVOKE_SECONDS = [0.0]
+
+
+def invocation_seconds() -> float:
+    """Seconds spent inside LiteRT signature calls in this process so far: the compute
+    floor a simulation's overhead is measured against."""
+    return _INVOKE_SECONDS[0]
+
+
+class _Timed:
+    """A signature runner that adds its call time to the process-wide total."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def __call__(self, **inputs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.runner(**inputs)
+        finally:
+            _INVOKE_SECONDS[0] += time.perf_counter() - start
 
 
 class LiteRTModel:
@@ -36,12 +60,12 @@ class LiteRTModel:
         if missing:
             raise ArtifactError(f"the TFLite model lacks signature(s) {sorted(missing)}; build "
                                 "it with `devicetune build`")
-        self._runners = {name: self._interpreter.get_signature_runner(name)
+        self._runners = {name: _Timed(self._interpreter.get_signature_runner(name))
                          for name in signatures}
-        details = self._runners["train"].get_input_details()
+        details = self._runners["train"].runner.get_input_details()
         self.batch_size = int(details["features"]["shape"][0])
         self.feature_dim = int(details["features"]["shape"][1])
-        self.weight_names = sorted(self._runners["get_weights"].get_output_details())
+        self.weight_names = sorted(self._runners["get_weights"].runner.get_output_details())
 
     @property
     def signatures(self) -> list[str]:

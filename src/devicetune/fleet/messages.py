@@ -51,9 +51,23 @@ def weights_to_record(names: list[str], weights: list[np.ndarray]):
                         for n, w in zip(names, weights, strict=True)})
 
 
+_LAST_DECODED: list = [None, None]
+
+
 def record_to_weights(record) -> tuple[list[str], list[np.ndarray]]:
-    """Names and arrays of an ArrayRecord, in its order."""
-    return list(record.keys()), [array.numpy() for array in record.values()]
+    """Names and arrays (read-only) of an ArrayRecord, in its order.
+
+    A round sends one ArrayRecord object to all its devices and Flower's arrays parse
+    their bytes on every ``numpy()``, so the last record decoded is remembered.
+    """
+    if _LAST_DECODED[0] is record:
+        return _LAST_DECODED[1]
+    arrays = [array.numpy() for array in record.values()]
+    for array in arrays:
+        array.setflags(write=False)
+    decoded = (list(record.keys()), arrays)
+    _LAST_DECODED[0], _LAST_DECODED[1] = record, decoded
+    return decoded
 
 
 def train_reply(request, names: list[str], weights: list[np.ndarray],

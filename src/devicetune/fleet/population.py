@@ -16,6 +16,8 @@ from devicetune.config import FleetConfig
 from devicetune.data.labeled import LabeledData
 from devicetune.data.sources import DeviceDataSource, open_fleet_data
 
+_PROFILE_CACHE = 100_000
+
 
 @dataclass(frozen=True)
 class DeviceProfile:
@@ -55,6 +57,7 @@ class Population:
         self._platforms = sorted(fleet.platform_mix)
         self._platform_p = np.array([fleet.platform_mix[p] for p in self._platforms])
         self._tier_p = np.array([t.share for t in fleet.tiers])
+        self._profiles: dict[int, DeviceProfile] = {}
 
     @classmethod
     def from_config(cls, fleet: FleetConfig, seed: int, data_dir: Path) -> Population:
@@ -65,14 +68,20 @@ class Population:
         return self.source.class_names
 
     def profile(self, device_id: int) -> DeviceProfile:
+        cached = self._profiles.get(device_id)
+        if cached is not None:
+            return cached
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 4, device_id]))
         platform = self._platforms[int(rng.choice(len(self._platforms), p=self._platform_p))]
         tier = self.fleet.tiers[int(rng.choice(len(self.fleet.tiers), p=self._tier_p))]
-        return DeviceProfile(
+        profile = DeviceProfile(
             device_id=device_id, platform=platform, tier=tier.name, speed=tier.speed,
             availability=self.fleet.availability, dropout=self.fleet.dropout,
             local_epochs=self.fleet.local_epochs,
         )
+        if len(self._profiles) < _PROFILE_CACHE:  # a few MB even for a large fleet
+            self._profiles[device_id] = profile
+        return profile
 
     def local_data(self, device_id: int) -> LocalData:
         """The device's examples, the first part (in time) for training, the rest for
