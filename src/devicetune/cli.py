@@ -111,7 +111,8 @@ def simulate(
     from devicetune.config import load_config, resolve_data_dir
 
     cfg = load_config(config)
-    _quiet_tensorflow()
+    if artifacts is None or engine == "flower":  # building, or Flower's simulation: TF
+        _quiet_tensorflow()
     from devicetune.fleet.simulate import simulate as run_simulation
     from devicetune.report.console import RichProgress, print_simulation
 
@@ -162,7 +163,10 @@ def sign(folder: Annotated[Path, typer.Argument(help="A model folder.")],
 def report(run_dir: Annotated[Path, typer.Argument(help="A simulate or serve run folder.")]
            ) -> None:
     """Write report.html and plots for a run folder."""
-    _not_built("report", 10)
+    from devicetune.report.console import print_report
+    from devicetune.report.write import write_report
+
+    print_report(write_report(run_dir))
 
 
 @keys_app.command("generate")
