@@ -14,6 +14,7 @@
     │   ├── VersionExists           publishing a version that exists (never overwritten)
     │   └── NotInRegistry           no such model, version or file
     ├── ServerError                 the federation cannot go on (quorum, resume state)
+    ├── RunFolderError              a folder is not a simulate/serve run, or unwritable
     └── NotBuiltYet                 a command whose issue has not landed yet
 
 Messages say what is wrong and what to change; they never need a traceback to be
@@ -71,6 +72,11 @@ class ServerError(DevicetuneError):
     """The federation cannot continue (no quorum, unusable saved state, ...)."""
 
 
+class RunFolderError(DevicetuneError):
+    """A folder given as a run is not one (no metrics, devices or versions), or the
+    report cannot be written into it."""
+
+
 class NotBuiltYet(DevicetuneError):
     """A command exists in the CLI but its capability has not been built yet."""
 
@@ -86,6 +92,7 @@ __all__ = [
     "ParityError",
     "PrivacyBudgetExceeded",
     "RegistryError",
+    "RunFolderError",
     "ServerError",
     "UpdateRejected",
     "VersionExists",
