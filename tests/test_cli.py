@@ -63,7 +63,7 @@ def test_usage_error_exits_2() -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["report", "x"],
+    ["serve", "x.toml", "--out", "y"],
 ])
 def test_commands_not_built_yet_say_so_with_exit_2(args: list[str]) -> None:
     result = run_cli(*args)

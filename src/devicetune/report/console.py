@@ -20,6 +20,7 @@ from devicetune.data.summary import FleetSummary, Spread
 if TYPE_CHECKING:
     from devicetune.export.build import BuildResult
     from devicetune.fleet.simulate import SimulationResult
+    from devicetune.report.write import Report
 
 console = Console()
 
@@ -116,3 +117,22 @@ def print_simulation(result: SimulationResult) -> None:
                   f"{100 * s['global_accuracy_final']:.1f}% over {s['rounds']} rounds; "
                   f"{s['device_rounds_per_s'] or 0:.1f} device-rounds/s; "
                   f"wall {s['wall_s']:.0f}s; run folder {result.out_dir}")
+
+
+def print_report(report: Report) -> None:
+    """The headline tables of a report, its notes, and where the page is."""
+    for headline in report.tables:
+        console.print(f"[bold]{headline.title}[/]", highlight=False)
+        table = Table(show_header=any(headline.columns))
+        table.add_column("")
+        for column in headline.columns:
+            table.add_column(column, justify="right")
+        for row in headline.rows:
+            table.add_row(row.label, *(cell.text for cell in row.cells))
+        console.print(table)
+    if report.verdict:
+        console.print(report.verdict)
+    for note in report.run.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"report: {report.html} ({len(report.images)} figures, "
+                  f"{report.seconds:.1f}s)", highlight=False)
