@@ -28,6 +28,9 @@ class BatchedHead:
         activations: per layer, "relu" or "linear" (the last is followed by softmax).
         optimizer: the artifact's optimizer.
         learning_rate, proximal_mu: as the artifact's ``configure`` sets them.
+        dp_clip_norm, dp_noise_multiplier: the artifact's train_dp constants; with a
+            noise multiplier every step is a DP-SGD step (Abadi et al. 2016).
+        rng: the DP noise source.
     """
 
     params: list[np.ndarray]
@@ -35,6 +38,9 @@ class BatchedHead:
     optimizer: OptimizerSpec
     learning_rate: float
     proximal_mu: float = 0.0
+    dp_clip_norm: float = 1.0
+    dp_noise_multiplier: float | None = None  # set: train as the artifact's train_dp
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
     anchor: list[np.ndarray] = field(default_factory=list)
     _slots: list[list[np.ndarray]] = field(default_factory=list)
     _steps: np.ndarray | None = None
@@ -79,15 +85,33 @@ class BatchedHead:
         per_example = -(onehot * np.log(probabilities + _LOG_EPS)).sum(axis=2)
         loss = (per_example * mask).sum(axis=1) / count
 
-        delta = (probabilities - onehot) * (mask / count[:, None])[:, :, None]
+        # Unscaled per-example deltas of every layer (row i is example i's own).
+        delta = probabilities - onehot
+        deltas = [delta]
+        for layer in range(len(kernels) - 1, 0, -1):
+            delta = np.matmul(delta, kernels[layer].transpose(0, 2, 1))
+            if self.activations[layer - 1] == "relu":
+                delta = delta * (pre[layer - 1] > 0)
+            deltas.insert(0, delta)
+        if self.dp_noise_multiplier is None:
+            row_weights = mask / count[:, None]
+        else:
+            # DP-SGD: clip each example's whole-head gradient (its norm from the outer
+            # product structure, Goodfellow 2015), then add noise to the sum.
+            squared = sum((np.square(a).sum(axis=2) + 1.0) * np.square(d).sum(axis=2)
+                          for a, d in zip(inputs, deltas, strict=True))
+            norms = np.sqrt(squared)
+            row_weights = mask * np.minimum(1.0, self.dp_clip_norm / np.maximum(norms, 1e-12))
         grads: list[np.ndarray] = []
-        for layer in range(len(kernels) - 1, -1, -1):
-            grads.insert(0, delta.sum(axis=1))
-            grads.insert(0, np.matmul(inputs[layer].transpose(0, 2, 1), delta))
-            if layer:
-                delta = np.matmul(delta, kernels[layer].transpose(0, 2, 1))
-                if self.activations[layer - 1] == "relu":
-                    delta = delta * (pre[layer - 1] > 0)
+        for layer_input, d in zip(inputs, deltas, strict=True):
+            weighted = d * row_weights[:, :, None]
+            grads.append(np.matmul(layer_input.transpose(0, 2, 1), weighted))
+            grads.append(weighted.sum(axis=1))
+        if self.dp_noise_multiplier is not None:
+            std = np.float32(self.dp_noise_multiplier * self.dp_clip_norm)
+            grads = [(g + std * self.rng.standard_normal(g.shape, np.float32))
+                     / _expand(count, g).astype(np.float32) for g in grads]
+        grads = [g.astype(np.float32) for g in grads]
         if self.proximal_mu:
             grads = [g + np.float32(self.proximal_mu) * (p - a)
                      for g, p, a in zip(grads, self.params, self.anchor, strict=True)]

@@ -149,9 +149,6 @@ def _grid(engine: str, config: DevicetuneConfig, population: Population,
     from devicetune.device.runtime import LiteRTDevice
     from devicetune.fleet.vectorized import VectorizedGrid
 
-    if config.privacy.device.enabled:
-        raise ConfigError("--engine vectorized: on-device DP-SGD runs in the inline and "
-                          "flower engines only")
     manifest = read_manifest(artifacts)
     assert manifest.tflite is not None
     embedder = runtimes.get("android")
@@ -159,7 +156,9 @@ def _grid(engine: str, config: DevicetuneConfig, population: Population,
         embedder = LiteRTDevice(artifacts / manifest.tflite.file,
                                 config.model.optimizer.learning_rate)
     return VectorizedGrid(population, embedder, manifest.tflite.head_activations,
-                          config.model.optimizer, round_timeout_s=timeout_s,
+                          config.model.optimizer,
+                          dp=(manifest.tflite.dp_clip_norm, manifest.tflite.dp_noise_multiplier),
+                          round_timeout_s=timeout_s,
                           on_device=lambda _: progress.advance())
 
 

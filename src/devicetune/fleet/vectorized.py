@@ -44,6 +44,8 @@ class VectorizedGrid(Grid):
         embedder: a LiteRT runtime, used for its backbone (``features``).
         activations: the head's layer activations (from the build manifest).
         optimizer: the head's optimizer (from the config).
+        dp: the artifact's train_dp (clip norm, noise multiplier), for devices told to
+            train privately.
         round_timeout_s: replies of devices slower than this (simulated) are lost.
         on_device: called once per device, for progress bars.
         cache: devices' training features kept across rounds (the backbone is frozen).
@@ -51,6 +53,7 @@ class VectorizedGrid(Grid):
 
     def __init__(self, population: Population, embedder: LiteRTDevice,
                  activations: list[str], optimizer: OptimizerSpec,
+                 dp: tuple[float, float] = (1.0, 0.0),
                  round_timeout_s: float = float("inf"),
                  on_device: Callable[[int], None] | None = None,
                  cache: FeatureCache | None = None) -> None:
@@ -61,6 +64,7 @@ class VectorizedGrid(Grid):
         self.embedder = embedder
         self.activations = activations
         self.optimizer = optimizer
+        self.dp_clip_norm, self.dp_noise_multiplier = dp
         self.batch_size = embedder.batch_size
         self.round_timeout_s = round_timeout_s
         self.on_device = on_device or (lambda _: None)
@@ -97,7 +101,11 @@ class VectorizedGrid(Grid):
         features, labels = self._training_data(devices)
         head = BatchedHead.from_global(
             weights, len(devices), activations=self.activations, optimizer=self.optimizer,
-            learning_rate=instructions.learning_rate, proximal_mu=instructions.proximal_mu)
+            learning_rate=instructions.learning_rate, proximal_mu=instructions.proximal_mu,
+            dp_clip_norm=self.dp_clip_norm,
+            dp_noise_multiplier=self.dp_noise_multiplier if instructions.private else None,
+            rng=np.random.default_rng(np.random.SeedSequence(
+                [self.population.seed, 11, self.server_round])))
         losses = train_together(head, features, labels, devices, instructions,
                                 self.population.seed, self.batch_size)
         compute_s = (time.perf_counter() - start) / len(devices)
