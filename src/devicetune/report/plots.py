@@ -102,20 +102,7 @@ def gain_distribution(devices: Sequence[DeviceRow], path: Path) -> Path:
 
     gains = np.array([100 * d.gain for d in devices])
     with _figure(path, 3.8, ncols=2, width_ratios=[3, 2]) as (_, (hist, cdf)):
-        # Bins centred on zero so "unchanged" is one bar of its own.
-        width = max(1.0, float(np.ceil(np.abs(gains).max() / 12))) if gains.size else 1.0
-        half = int(np.ceil((np.abs(gains).max() if gains.size else 1) / width + 0.5))
-        edges = (np.arange(-half, half + 1) - 0.5) * width
-        counts, _ = np.histogram(gains, bins=edges)
-        centres = (edges[:-1] + edges[1:]) / 2
-        bars = hist.bar(centres, counts, width=width * 0.9,
-                        color=[_sign_colour(c / 100) for c in centres])
-        # The unchanged bar often dwarfs the rest; counts keep the small bars readable.
-        hist.bar_label(bars, labels=[str(c) if c else "" for c in counts], fontsize=8,
-                       padding=2)
-        hist.set_ylim(0, max(counts.max() if counts.size else 1, 1) * 1.12)
-        hist.axvline(0, color="#374151", lw=0.8)
-        hist.set_title(_counts_title(gains))
+        _gain_histogram(hist, gains)
         hist.set_xlabel("personalised − global accuracy (points)")
         hist.set_ylabel("devices")
         hist.yaxis.get_major_locator().set_params(integer=True)
@@ -133,11 +120,36 @@ def gain_distribution(devices: Sequence[DeviceRow], path: Path) -> Path:
     return path
 
 
-def _counts_title(gains: Any) -> str:
-    gained = int((gains > 100 * TIE).sum())
-    harmed = int((gains < -100 * TIE).sum())
-    return (f"Change per device: {gained} gained, {gains.size - gained - harmed} unchanged, "
-            f"{harmed} harmed")
+def _gain_histogram(ax: Any, gains: Any) -> None:
+    """Gains and losses in bins that meet at zero, so each bar is one sign; devices left
+    exactly unchanged (most, when the gate keeps the global head) are a grey bar of
+    their own at zero."""
+    import numpy as np
+
+    unchanged = np.abs(gains) <= 100 * TIE
+    changed = gains[~unchanged]
+    reach = float(np.abs(changed).max()) if changed.size else 1.0
+    width = max(1.0, float(np.ceil(reach / 12)))
+    bins = int(np.ceil(reach / width))
+    edges = np.arange(-bins, bins + 1) * width
+    counts, _ = np.histogram(changed, bins=edges)
+    centres = edges[:-1] + width / 2
+    # Narrower than their bins, so the bars beside zero leave room for the grey one.
+    bars = ax.bar([*centres, 0.0], [*counts, int(unchanged.sum())],
+                  width=[width * 0.6] * len(centres) + [width * 0.3],
+                  color=[GAINED if c > 0 else HARMED for c in centres] + [UNCHANGED])
+    # The unchanged bar often dwarfs the rest; counts keep the small bars readable.
+    ax.bar_label(bars, labels=[str(c) if c else "" for c in [*counts, unchanged.sum()]],
+                 fontsize=8, padding=2)
+    ax.set_ylim(0, max(int(counts.max()) if counts.size else 0, int(unchanged.sum()), 1) * 1.15)
+    ax.axvline(0, color="#374151", lw=0.8, zorder=0.5)  # behind the unchanged bar
+    ax.set_title("Change in accuracy per device")
+    gained, harmed = int((changed > 0).sum()), int((changed < 0).sum())
+    for line, (text, colour) in enumerate([(f"{gained} gained", GAINED),
+                                           (f"{int(unchanged.sum())} unchanged", "#6b7280"),
+                                           (f"{harmed} harmed", HARMED)]):
+        ax.text(0.02, 0.96 - 0.08 * line, text, color=colour, fontweight="bold",
+                transform=ax.transAxes, va="top")
 
 
 def _decile_legend() -> list[Any]:
@@ -212,6 +224,8 @@ def cohorts(devices: Sequence[DeviceRow], groups: Sequence[tuple[str, str,
                             (100 * cohort.mean_gain, row - 0.32), textcoords="offset points",
                             xytext=(3, 1), fontsize=8, va="bottom")
             ax.axvline(0, color="#374151", lw=0.8)
+            low, high = ax.get_xlim()
+            ax.set_xlim(min(low, -1.0), max(high, 1.0))  # no gains: still a scale in points
             ax.set_yticks(range(len(outcomes)), [
                 f"{c.name}\n{c.devices} devices, {100 * c.fraction_harmed:.0f}% harmed"
                 for c in outcomes])

@@ -19,6 +19,7 @@ from devicetune.report.versions import CohortDelta, VersionComparison, compare_v
 # Per-round keys with a plot of their own; any other number gets a small multiple.
 PLOTTED = {"round", "sampled", "completed", "dropped", "rejected", "global_accuracy",
            "mean_local_loss", "wall_s"}
+MAX_VERSION_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,14 @@ def build_sections(run: Run, out_dir: Path) -> list[Section]:
     return sections
 
 
+def _shown(shown: int, total: int, which: str = "first") -> str:
+    return f"; the {which} {shown} of {total} shown" if shown < total else ""
+
+
+def _devices(count: int) -> str:
+    return f"{count} device{'' if count == 1 else 's'}"
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -146,8 +155,8 @@ def _personalization(run: Run, devices: list[DeviceRow], out_dir: Path) -> list[
     harmed = outcomes.harmed(devices)
     shown = harmed[:plots.MAX_ROWS]
     gain_details = (Detail(
-        f"Devices personalization harmed ({len(harmed)}"
-        + (f", the {len(shown)} most harmed shown" if len(shown) < len(harmed) else "") + ")",
+        f"Devices personalization harmed, most harmed first ({len(harmed)})"
+        + _shown(len(shown), len(harmed)),
         DEVICE_COLUMNS, _device_rows(shown), _row_classes(shown)),) if harmed else ()
     decile = outcomes.worst_decile(devices)
     fleet_mean = sum(d.acc_personal for d in devices) / len(devices)
@@ -163,12 +172,14 @@ def _personalization(run: Run, devices: list[DeviceRow], out_dir: Path) -> list[
                 plots.gain_distribution(devices, out_dir / "personalization_gain.png"),
                 gain_details),
         Section("worst-decile", "The worst-served tenth",
-                f"The {len(decile)} devices left with the lowest accuracy after "
+                f"The {_devices(len(decile))} left with the lowest accuracy after "
                 f"personalization: on average {_pct(decile_global)} with the global model, "
                 f"{_pct(decile_personal)} personalised (fleet: {_pct(fleet_mean)}).",
                 plots.worst_decile(decile, fleet_mean, out_dir / "worst_decile.png"),
-                (Detail("Worst-served devices, lowest accuracy first", DEVICE_COLUMNS,
-                        _device_rows(decile), _row_classes(decile)),)),
+                (Detail("Worst-served devices, lowest accuracy first"
+                        + _shown(len(decile[:plots.MAX_ROWS]), len(decile)), DEVICE_COLUMNS,
+                        _device_rows(decile[:plots.MAX_ROWS]),
+                        _row_classes(decile[:plots.MAX_ROWS])),)),
         Section("cohorts", "Fairness across cohorts",
                 "Whether personalization serves every platform and compute tier alike: each "
                 "dot is a device's change in accuracy, the black bar its cohort's mean.",
@@ -214,13 +225,15 @@ def _versions(run: Run, out_dir: Path) -> Section:
     compared = comparisons(run)
     emitted = [v for v in compared if v.emitted]
     flagged = [v for v in emitted if v.regressed]
-    lead = (f"{len(emitted)} versions emitted, {len(compared) - len(emitted)} refused; "
+    lead = (f"{len(emitted)} version{'' if len(emitted) == 1 else 's'} emitted, "
+            f"{len(compared) - len(emitted)} refused; "
             f"{len(flagged)} emitted with a cohort more than {100 * tolerance:.1f} points "
             "below its parent (emit.max_regression), boxed in the figure and red in the "
             "table. Refused versions are faded: they never shipped.")
     names = [c.cohort for c in compared[0].cohorts] if compared else []
     rows, classes = [], []
-    for v in compared:
+    # A long-running server emits hundreds of versions; the table keeps the latest.
+    for v in compared[-MAX_VERSION_ROWS:]:
         status = "emitted" if v.emitted else f"refused: {v.reason or 'no reason given'}"
         rows.append((f"v{v.version}", "–" if v.parent_version is None else f"v{v.parent_version}",
                      "–" if v.round is None else str(v.round), status,
@@ -230,7 +243,9 @@ def _versions(run: Run, out_dir: Path) -> Section:
         classes.append("refused" if not v.emitted else "regressed" if v.regressed else "")
     return Section("versions", "Model versions against their parents", lead,
                    plots.versions(compared, tolerance, out_dir / "versions.png"),
-                   (Detail("Accuracy per cohort, and change vs the parent version in points",
+                   (Detail("Accuracy per cohort, and change vs the parent version in points"
+                           + _shown(min(len(compared), MAX_VERSION_ROWS), len(compared),
+                                    "latest"),
                            ("version", "parent", "round", "status", *names, "regressed"),
                            tuple(rows), tuple(classes)),))
 
