@@ -86,3 +86,11 @@ def test_a_folder_without_run_files_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError, match="no such folder"):
         read_run(tmp_path / "file")
+
+
+def test_privacy_on_without_epsilon_is_noted(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text(_round(1) + "\n")
+    (tmp_path / "config.toml").write_text("[privacy]\nmode = 'fixed'\n")
+    assert any("records no epsilon" in note for note in read_run(tmp_path).notes)
+    (tmp_path / "metrics.jsonl").write_text(_round(1, epsilon_rdp=0.2, delta=1e-5) + "\n")
+    assert not any("epsilon" in note for note in read_run(tmp_path).notes)

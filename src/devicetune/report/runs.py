@@ -216,6 +216,11 @@ def _check_consistency(run: Run) -> None:
     if planned and run.rounds and done < planned:
         run.notes.append(f"{METRICS_FILE} has {done} of the {planned} rounds configured: "
                          "the run stopped early or is still running.")
+    mode = getattr(getattr(run.config, "privacy", None), "mode", "off")
+    if mode != "off" and run.rounds and not any(
+            key.startswith("epsilon") for row in run.rounds for key in row):
+        run.notes.append(f"privacy.mode is {mode!r} but {METRICS_FILE} records no epsilon "
+                         "per round; privacy spent is not shown.")
     if run.summary is not None and run.devices is not None:
         expected = run.summary.get("devices")
         if isinstance(expected, int) and expected != len(run.devices):

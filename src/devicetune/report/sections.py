@@ -18,7 +18,7 @@ from devicetune.report.versions import CohortDelta, VersionComparison, compare_v
 
 # Per-round keys with a plot of their own; any other number gets a small multiple.
 PLOTTED = {"round", "sampled", "completed", "dropped", "rejected", "global_accuracy",
-           "mean_local_loss", "wall_s"}
+           "mean_local_loss", "wall_s", "delta"}  # delta labels the epsilon plot
 MAX_VERSION_ROWS = 100
 
 
@@ -210,8 +210,8 @@ def _participation(rounds: list[dict[str, Any]], out_dir: Path) -> Section:
 def _privacy(run: Run, keys: list[str], out_dir: Path) -> Section:
     privacy = getattr(run.config, "privacy", None)
     budget = getattr(privacy, "max_epsilon", None)
-    delta = getattr(privacy, "delta", None)
     last = run.rounds[-1]
+    delta = getattr(privacy, "delta", None) or last.get("delta")
     spent = ", ".join(f"{k.removeprefix('epsilon_').upper()} ε = {last[k]:.3g}"
                       for k in keys if isinstance(last.get(k), int | float))
     lead = f"Privacy spent after round {last['round']}: {spent or 'not recorded'}"
