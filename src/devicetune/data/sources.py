@@ -36,44 +36,13 @@ class DeviceDataSource(Protocol):
     def device(self, device_id: int) -> LabeledData: ...
 
 
-class NaturalPartition:
-    """Device ``k`` holds every example of the ``k``-th user in ``users``."""
+class _Partition:
+    """Rows of one pooled dataset dealt out to devices; device ``k`` gets ``_rows[k]``."""
 
-    def __init__(self, data: LabeledData, users: list[int]) -> None:
+    def __init__(self, data: LabeledData, rows: list[np.ndarray]) -> None:
         self._data = data
-        self.users = list(users)
-        self.devices = len(self.users)
-        self._rows = {u: np.flatnonzero(data.user == u) for u in self.users}
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._data.class_names
-
-    @property
-    def example_shape(self) -> tuple[int, ...]:
-        return self._data.example_shape
-
-    def device(self, device_id: int) -> LabeledData:
-        return self._data.select(self._rows[self.users[device_id]])
-
-
-class DirichletPartition:
-    """Each device draws a label mix from Dirichlet(alpha); examples are dealt out so
-    every pooled example lands on exactly one device. Row order is kept per device."""
-
-    def __init__(self, data: LabeledData, devices: int, alpha: float, seed: int) -> None:
-        self._data = data
-        self.devices = devices
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-        owner = np.empty(len(data), dtype=np.int64)
-        for label in range(data.num_classes):
-            rows = np.flatnonzero(data.y == label)
-            rng.shuffle(rows)
-            shares = rng.dirichlet(np.full(devices, alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(rows)).astype(int)
-            for device_id, part in enumerate(np.split(rows, cuts)):
-                owner[part] = device_id
-        self._rows = [np.flatnonzero(owner == d) for d in range(devices)]
+        self._rows = rows
+        self.devices = len(rows)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -85,6 +54,31 @@ class DirichletPartition:
 
     def device(self, device_id: int) -> LabeledData:
         return self._data.select(self._rows[device_id])
+
+
+class NaturalPartition(_Partition):
+    """Device ``k`` holds every example of the ``k``-th user in ``users``."""
+
+    def __init__(self, data: LabeledData, users: list[int]) -> None:
+        self.users = list(users)
+        super().__init__(data, [np.flatnonzero(data.user == u) for u in self.users])
+
+
+class DirichletPartition(_Partition):
+    """Each device draws a label mix from Dirichlet(alpha); examples are dealt out so
+    every pooled example lands on exactly one device. Row order is kept per device."""
+
+    def __init__(self, data: LabeledData, devices: int, alpha: float, seed: int) -> None:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+        owner = np.empty(len(data), dtype=np.int64)
+        for label in range(data.num_classes):
+            rows = np.flatnonzero(data.y == label)
+            rng.shuffle(rows)
+            shares = rng.dirichlet(np.full(devices, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(rows)).astype(int)
+            for device_id, part in enumerate(np.split(rows, cuts)):
+                owner[part] = device_id
+        super().__init__(data, [np.flatnonzero(owner == d) for d in range(devices)])
 
 
 def open_fleet_data(fleet: FleetConfig, seed: int, data_dir: Path) -> DeviceDataSource:

@@ -10,7 +10,9 @@ device that drops out mid-round simply never replies, as over a real network.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
+import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
@@ -31,39 +33,84 @@ def device_id(node: int) -> int:
     return node - NODE_ID_OFFSET
 
 
-class InlineGrid(Grid):
-    """Devices of a `Population` behind Flower's Grid interface.
+class FleetGridBase(Grid):
+    """A Grid over the devices of a `Population` in this process: which devices are
+    online in a round, dropouts, stragglers. Subclasses answer `send_and_receive`.
 
     Args:
         population: the simulated fleet.
-        runtimes: one runtime per platform, shared by its devices (a device is its data
-            and weights; the interpreter is reused).
         round_timeout_s: a device whose simulated time exceeds it is a straggler and
             its reply is lost, as a server's timeout would lose it.
         on_device: called after each device finishes, for progress bars.
         cache: devices' training features kept across rounds (the backbone is frozen).
     """
 
-    def __init__(self, population: Population, runtimes: dict[str, DeviceRuntime],
-                 round_timeout_s: float = float("inf"),
+    def __init__(self, population: Population, round_timeout_s: float = float("inf"),
                  on_device: Callable[[int], None] | None = None,
                  cache: FeatureCache | None = None) -> None:
         self.population = population
         self.cache = cache or FeatureCache()
-        self.runtimes = runtimes
         self.round_timeout_s = round_timeout_s
         self.on_device = on_device or (lambda _: None)
         self.server_round = 0
+        self.sampling_rate: float | None = None
         self.dropped: list[int] = []
         _become_the_server_app()
 
-    def begin_round(self, server_round: int) -> None:
-        """Availability and dropout are decided per round."""
+    def begin_round(self, server_round: int, sampling_rate: float | None = None) -> None:
+        """Availability and dropout are decided per round. With a ``sampling_rate`` the
+        round's devices are chosen by independent coin flips (Poisson sampling, what
+        DP accounting assumes) and all chosen devices online are sampled."""
         self.server_round = server_round
+        self.sampling_rate = sampling_rate
         self.dropped = []
 
     def get_node_ids(self) -> Iterable[int]:
-        return [node_id(int(k)) for k in self.population.available(self.server_round)]
+        online = self.population.available(self.server_round)
+        if self.sampling_rate is not None:
+            chosen = self.population.poisson_sample(self.server_round, self.sampling_rate)
+            online = np.intersect1d(online, chosen)
+        return [node_id(int(k)) for k in online]
+
+    def _drops_out(self, device: int) -> bool:
+        if self.population.drops_out(device, self.server_round):
+            self.dropped.append(device)
+            self.on_device(device)
+            return True
+        return False
+
+    # The rest of the Grid interface talks to a SuperLink, which this grid has none of.
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return getattr(self, "_run", None)
+
+    def create_message(self, content: Any, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type,
+                       group_id=group_id, ttl=ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError(f"{type(self).__name__} answers in send_and_receive")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError(f"{type(self).__name__} answers in send_and_receive")
+
+
+class InlineGrid(FleetGridBase):
+    """Each device of a round runs its own artifact, one after another.
+
+    Args:
+        runtimes: one runtime per platform, shared by its devices (a device is its data
+            and weights; the interpreter is reused). The rest as `FleetGridBase`.
+    """
+
+    def __init__(self, population: Population, runtimes: dict[str, DeviceRuntime],
+                 **kwargs: Any) -> None:
+        super().__init__(population, **kwargs)
+        self.runtimes = runtimes
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
@@ -71,9 +118,7 @@ class InlineGrid(Grid):
         for message in messages:
             device = device_id(message.metadata.dst_node_id)
             profile = self.population.profile(device)
-            if self.population.drops_out(device, self.server_round):
-                self.dropped.append(device)
-                self.on_device(device)
+            if self._drops_out(device):
                 continue
             runtime = self.runtimes[profile.platform]
             compute = training_data(runtime, lambda d=device: self.population.local_data(d))
@@ -87,24 +132,6 @@ class InlineGrid(Grid):
                 continue
             replies.append(reply)
         return replies
-
-    # The rest of the Grid interface talks to a SuperLink, which this grid has none of.
-    def set_run(self, run) -> None:  # noqa: ANN001
-        self._run = run
-
-    @property
-    def run(self):  # noqa: ANN201
-        return getattr(self, "_run", None)
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: ANN001, ANN201
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type,
-                       group_id=group_id, ttl=ttl)
-
-    def push_messages(self, messages):  # noqa: ANN001, ANN201
-        raise NotImplementedError("InlineGrid answers in send_and_receive")
-
-    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
-        raise NotImplementedError("InlineGrid answers in send_and_receive")
 
 
 def _become_the_server_app(run_id: int = 1) -> None:

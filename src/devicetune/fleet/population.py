@@ -97,6 +97,12 @@ class Population:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 5, server_round]))
         return np.flatnonzero(rng.random(self.devices) < self.fleet.availability)
 
+    def poisson_sample(self, server_round: int, rate: float) -> np.ndarray:
+        """Ids chosen by an independent coin flip per device with probability ``rate``
+        (Poisson sampling: what DP accounting of a round assumes)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 12, server_round]))
+        return np.flatnonzero(rng.random(self.devices) < rate)
+
     def drops_out(self, device_id: int, server_round: int) -> bool:
         """Whether a sampled device leaves mid-round (deterministic per round)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 6, server_round,

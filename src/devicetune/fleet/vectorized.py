@@ -11,18 +11,16 @@ math (the Core ML update equals the TensorFlow step, checked at build time).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from flwr.app import Message
-from flwr.serverapp import Grid
 
 from devicetune.config import OptimizerSpec
 from devicetune.device.runtime import LiteRTDevice
 from devicetune.fleet.batched_head import BatchedHead
-from devicetune.fleet.features import FeatureCache
-from devicetune.fleet.grid import device_id, node_id
+from devicetune.fleet.grid import FleetGridBase, device_id
 from devicetune.fleet.messages import (
     ARRAYS,
     CONFIG,
@@ -36,48 +34,26 @@ from devicetune.fleet.population import Population
 EMBED_CHUNK = 4096  # examples per backbone call
 
 
-class VectorizedGrid(Grid):
+class VectorizedGrid(FleetGridBase):
     """Devices of a `Population` trained as one batch per round.
 
     Args:
-        population: the simulated fleet.
         embedder: a LiteRT runtime, used for its backbone (``features``).
         activations: the head's layer activations (from the build manifest).
         optimizer: the head's optimizer (from the config).
         dp: the artifact's train_dp (clip norm, noise multiplier), for devices told to
-            train privately.
-        round_timeout_s: replies of devices slower than this (simulated) are lost.
-        on_device: called once per device, for progress bars.
-        cache: devices' training features kept across rounds (the backbone is frozen).
+            train privately. The rest as `FleetGridBase`.
     """
 
     def __init__(self, population: Population, embedder: LiteRTDevice,
                  activations: list[str], optimizer: OptimizerSpec,
-                 dp: tuple[float, float] = (1.0, 0.0),
-                 round_timeout_s: float = float("inf"),
-                 on_device: Callable[[int], None] | None = None,
-                 cache: FeatureCache | None = None) -> None:
-        from devicetune.fleet.grid import _become_the_server_app
-
-        self.population = population
-        self.cache = cache or FeatureCache()
+                 dp: tuple[float, float] = (1.0, 0.0), **kwargs: Any) -> None:
+        super().__init__(population, **kwargs)
         self.embedder = embedder
         self.activations = activations
         self.optimizer = optimizer
-        self.dp_clip_norm, self.dp_noise_multiplier = dp
         self.batch_size = embedder.batch_size
-        self.round_timeout_s = round_timeout_s
-        self.on_device = on_device or (lambda _: None)
-        self.server_round = 0
-        self.dropped: list[int] = []
-        _become_the_server_app()
-
-    def begin_round(self, server_round: int) -> None:
-        self.server_round = server_round
-        self.dropped = []
-
-    def get_node_ids(self) -> Iterable[int]:
-        return [node_id(int(k)) for k in self.population.available(self.server_round)]
+        self.dp_clip_norm, self.dp_noise_multiplier = dp
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
@@ -89,9 +65,7 @@ class VectorizedGrid(Grid):
         working, devices = [], []
         for message in messages:
             device = device_id(message.metadata.dst_node_id)
-            if self.population.drops_out(device, self.server_round):
-                self.dropped.append(device)
-                self.on_device(device)
+            if self._drops_out(device):
                 continue
             working.append(message)
             devices.append(device)
@@ -139,25 +113,6 @@ class VectorizedGrid(Grid):
                 entries[d] = (f, t.y)
                 self.cache.put(("android", d), f, t.y)
         return [entries[d][0] for d in devices], [entries[d][1] for d in devices]
-
-    # The rest of the Grid interface talks to a SuperLink, which this grid has none of.
-    def set_run(self, run: Any) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Any:
-        return getattr(self, "_run", None)
-
-    def create_message(self, content: Any, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type,
-                       group_id=group_id, ttl=ttl)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError("VectorizedGrid answers in send_and_receive")
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError("VectorizedGrid answers in send_and_receive")
 
 
 def train_together(head: BatchedHead, features: list[np.ndarray], labels: list[np.ndarray],
