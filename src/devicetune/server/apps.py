@@ -6,25 +6,26 @@ The same two apps run under Flower's Simulation Engine (``--engine flower``), un
 processes (``devicetune serve`` / ``devicetune device``). Their settings come from the
 factory that made them or, for ``flwr run``, from the run config: ``config`` (a
 devicetune TOML), ``artifacts`` (a build folder), ``data`` (the datasets folder) and
-``out`` (where the server writes its run folder).
+``out`` (where the server writes its run folder) and ``resume`` (continue from the
+state committed in ``out``).
 
 A ClientApp learns which device it is from its node config: ``device-id`` (SuperNodes
-started by ``devicetune device``) or ``partition-id`` (the Simulation Engine).
+started by ``devicetune device``) or ``partition-id`` (the Simulation Engine). A
+SuperNode's node config may also name its own ``config``, ``artifacts`` and ``data``,
+which take precedence over the run config (a device on another machine has its own
+paths). Train messages of a SecAgg+ round go through `devicetune.server.secagg`.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from devicetune.fleet.messages import METRICS
+from devicetune.server.fleet_grid import QUERY_DEVICE
 
-QUERY_DEVICE = "device-id"
 DROPPED_OUT = "dropped out mid-round"
 
 
@@ -36,6 +37,8 @@ class AppSettings:
     artifacts: Path
     data_dir: Path
     out_dir: Path
+    resume: bool = False
+    serve_pid: int = 0  # the `devicetune serve` process to live and die with (0: none)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> AppSettings:
@@ -49,11 +52,23 @@ class AppSettings:
         return cls(config=Path(str(run_config["config"])),
                    artifacts=Path(str(run_config["artifacts"])),
                    data_dir=resolve_data_dir(run_config.get("data") or None),
-                   out_dir=Path(str(run_config.get("out") or "runs/flower")))
+                   out_dir=Path(str(run_config.get("out") or "runs/flower")),
+                   resume=bool(run_config.get("resume", False)),
+                   serve_pid=int(run_config.get("serve-pid", 0)))
 
-    def to_run_config(self) -> dict[str, str]:
+    def to_run_config(self) -> dict[str, str | bool]:
         return {"config": str(self.config), "artifacts": str(self.artifacts),
-                "data": str(self.data_dir), "out": str(self.out_dir)}
+                "data": str(self.data_dir), "out": str(self.out_dir), "resume": self.resume}
+
+    def for_node(self, node_config: dict[str, Any]) -> AppSettings:
+        """These settings with a SuperNode's own ``config``/``artifacts``/``data``."""
+        from devicetune.config import resolve_data_dir
+
+        own = {k: node_config.get(k) for k in ("config", "artifacts", "data")}
+        return replace(
+            self, config=Path(str(own["config"])) if own["config"] else self.config,
+            artifacts=Path(str(own["artifacts"])) if own["artifacts"] else self.artifacts,
+            data_dir=resolve_data_dir(str(own["data"])) if own["data"] else self.data_dir)
 
 
 # ----------------------------------------------------------------------------- device
@@ -102,14 +117,22 @@ def make_client_app(settings: AppSettings | None = None) -> Any:
     from flwr.clientapp import ClientApp
 
     from devicetune.fleet.local_training import handle_train, training_data
+    from devicetune.server.secagg import is_secagg_train, secagg_when_asked, train_for_secagg
 
-    app = ClientApp()
+    app = ClientApp(mods=[secagg_when_asked])
 
     def side(context: Any) -> _DeviceSide:
-        return _device_side(settings or AppSettings.from_run_config(dict(context.run_config)))
+        base = settings or AppSettings.from_run_config(dict(context.run_config))
+        return _device_side(base.for_node(dict(context.node_config)))
 
     @app.train()
     def train(message: Message, context: Any) -> Message:
+        if is_secagg_train(message):
+            names = next(iter(side(context).runtimes.values())).weight_names
+            return train_for_secagg(message, names, lambda plain: train_plain(plain, context))
+        return train_plain(message, context)
+
+    def train_plain(message: Message, context: Any) -> Message:
         device = side(context)
         device_id = _device_id(context)
         server_round = int(message.content["config"].get("server-round", 0))
@@ -136,80 +159,6 @@ def make_client_app(settings: AppSettings | None = None) -> Any:
 # ----------------------------------------------------------------------------- server
 
 
-class FleetGrid:
-    """A Flower Grid seen through the fleet: which node is which device, and which
-    devices are online in a round (availability), for the round loop."""
-
-    def __init__(self, grid: Any, population: Any, timeout_s: float | None) -> None:
-        self.grid = grid
-        self.population = population
-        self.timeout_s = timeout_s
-        self.server_round = 0
-        self.node_of = self._discover()
-
-    def _discover(self) -> dict[int, int]:
-        from flwr.app import Message, RecordDict
-
-        nodes = list(self.grid.get_node_ids())
-        questions = [Message(RecordDict(), dst_node_id=node, message_type="query")
-                     for node in nodes]
-        node_of = {}
-        for reply in self.grid.send_and_receive(questions, timeout=self.timeout_s):
-            if not reply.has_error():
-                device = int(reply.content[METRICS][QUERY_DEVICE])
-                node_of[device] = reply.metadata.src_node_id
-        return node_of
-
-    def begin_round(self, server_round: int) -> None:
-        self.server_round = server_round
-
-    def get_node_ids(self) -> list[int]:
-        online = self.population.available(self.server_round)
-        return [self.node_of[int(d)] for d in online if int(d) in self.node_of]
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
-        return self.grid.send_and_receive(messages, timeout=timeout or self.timeout_s)
-
-
-def run_server(grid: Any, settings: AppSettings) -> list[np.ndarray]:
-    """Run every configured round over ``grid``; write metrics and the final weights
-    into ``settings.out_dir``; return the final weights."""
-    from devicetune.config import load_config
-    from devicetune.fleet.messages import TrainInstructions
-    from devicetune.fleet.population import Population
-    from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
-    from devicetune.server.loop import FederatedLoop
-    from devicetune.server.strategies import make_strategy
-
-    quiet_flower()
-    config = load_config(settings.config)
-    config.require("model", "fleet", command="the devicetune ServerApp")
-    population = Population.from_config(config.fleet, config.seed, settings.data_dir)
-    rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
-    reference = next(iter(open_runtimes(settings.artifacts, {"android": 1.0}, rate).values()))
-    evaluate = global_evaluator(config, population, reference, settings.data_dir)
-    loop = FederatedLoop(
-        strategy=make_strategy(config.server), names=reference.weight_names,
-        weights=reference.get_weights(), devices_per_round=config.server.devices_per_round,
-        instructions=TrainInstructions(0, config.fleet.local_epochs, rate,
-                                       config.server.proximal_mu,
-                                       config.privacy.device.enabled),
-        max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
-        round_timeout_s=config.server.round_timeout_s,
-    )
-    fleet_grid = FleetGrid(grid, population, config.server.round_timeout_s)
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = settings.out_dir / "metrics.jsonl"
-    metrics.write_text("")
-    for server_round in range(1, config.server.rounds + 1):
-        record = loop.run_round(fleet_grid, server_round)
-        with metrics.open("a") as handle:
-            handle.write(json.dumps(record.to_dict()) + "\n")
-    np.savez(settings.out_dir / "global_weights.npz",
-             **dict(zip(loop.names, loop.weights, strict=True)))
-    return loop.weights
-
-
 def make_server_app(settings: AppSettings | None = None) -> Any:
     """A ServerApp running devicetune's round loop over whatever grid Flower gives it."""
     from flwr.serverapp import ServerApp
@@ -218,6 +167,8 @@ def make_server_app(settings: AppSettings | None = None) -> Any:
 
     @app.main()
     def main(grid: Any, context: Any) -> None:
+        from devicetune.server.federation import run_server
+
         run_server(grid, settings or AppSettings.from_run_config(dict(context.run_config)))
 
     return app

@@ -66,6 +66,8 @@ class FederatedLoop:
         evaluate: the global model's metrics (``accuracy`` at least).
         seed: makes Flower's node sampling reproducible.
         round_timeout_s: how long the grid waits for replies.
+        min_devices: valid updates a round needs to be aggregated (its quorum); below
+            it the weights stay and the record says ``quorum: false``.
     """
 
     strategy: Any
@@ -77,8 +79,10 @@ class FederatedLoop:
     evaluate: Evaluate
     seed: int = 0
     round_timeout_s: float | None = None
+    min_devices: int = 1
 
-    def run_round(self, grid: Any, server_round: int) -> RoundRecord:
+    def run_round(self, grid: Any, server_round: int, attempt: int = 0) -> RoundRecord:
+        """One attempt at ``server_round`` (a retry, ``attempt`` > 0, samples afresh)."""
         from flwr.app import ConfigRecord
 
         start = time.perf_counter()
@@ -87,7 +91,8 @@ class FederatedLoop:
         online = len(list(grid.get_node_ids()))
         set_sample_size(self.strategy, min(self.devices_per_round, online))
         # Flower samples with the `random` module; seed it per round for reproducibility.
-        random.seed(hash((self.seed, server_round)))
+        random.seed(hash((self.seed, server_round)) if attempt == 0
+                    else hash((self.seed, server_round, attempt)))
         config = ConfigRecord({**self.instructions.to_config(), "server-round": server_round})
         messages = list(self.strategy.configure_train(
             server_round, weights_to_record(self.names, self.weights), config, grid)) \
@@ -102,7 +107,8 @@ class FederatedLoop:
                      reply.error.reason)
         replies = [r for r in replies if not r.has_error()]
         valid, rejected, losses = self._validate(replies)
-        if valid:
+        quorum = len(valid) >= self.min_devices
+        if valid and quorum:
             arrays, _ = self.strategy.aggregate_train(server_round, valid)
             if arrays is not None:
                 self.weights = [w.astype(np.float32) for w in record_to_weights(arrays)[1]]
@@ -113,6 +119,7 @@ class FederatedLoop:
             global_accuracy=evaluation.get("accuracy"),
             mean_local_loss=float(np.mean(losses)) if losses else None,
             wall_s=round(time.perf_counter() - start, 4),
+            extra={} if quorum else {"quorum": False},
         )
 
     def _validate(self, replies: list[Any]) -> tuple[list[Any], int, list[float]]:
@@ -123,7 +130,11 @@ class FederatedLoop:
             problem = update_problem(names, weights, self.names, self.weights,
                                      self.max_update_norm)
             if problem is not None:
-                log.warning("rejected the update of device node %s: %s", source, problem)
+                device = reply.content[METRICS].get("device-id") \
+                    if METRICS in reply.content.metric_records else None
+                who = f"device {int(device)} (node {source})" if device is not None \
+                    else f"node {source}"
+                log.warning("rejected the update of %s: %s", who, problem)
                 rejected += 1
                 continue
             valid.append(reply)

@@ -96,10 +96,10 @@ class ServerState:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ArtifactError(f"{where} is corrupt ({_reason(exc)}); restore it from a "
                                 "backup, or start afresh in another --out folder") from None
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-            raise ArtifactError(f"{where} is not a devicetune server state "
-                                f"(format {meta.get('format') if isinstance(meta, dict) else None!r},"
-                                f" expected {STATE_FORMAT!r})")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        if found != STATE_FORMAT:
+            raise ArtifactError(f"{where} is not a devicetune server state (format "
+                                f"{found!r}, expected {STATE_FORMAT!r})")
         if meta.get("arrays_sha256") != _arrays_digest(arrays):
             raise ArtifactError(f"{where} is corrupt: its arrays do not match the checksum "
                                 "it was committed with")

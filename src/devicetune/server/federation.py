@@ -1,0 +1,209 @@
+"""The ServerApp's work: a whole federation, persistent and resumable.
+
+`run_server` loads the config and the artifacts, starts afresh or resumes from the
+committed state, waits for devices to join, then runs the rounds: each needs its quorum
+(`devicetune.server.quorum`), goes through the plain loop or SecAgg+
+(`devicetune.server.secagg`), appends its row to ``metrics.jsonl`` and commits the
+state (`devicetune.server.state`). How the run ended goes into ``outcome.json``::
+
+    {"status": "completed" | "stopped", "message": "...", "last_round": 4, "rounds": 4}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devicetune.atomic import atomic_write_json
+
+log = logging.getLogger("devicetune.server")
+
+OUTCOME_FILE = "outcome.json"
+LOG_FILE = "server.log"
+_finished = threading.Event()  # the outcome is written: `serve` may go
+# A server killed a moment ago may still be exiting when its successor starts.
+_LOCK_WAIT_S = 15.0
+
+
+def run_server(grid: Any, settings: Any) -> list[np.ndarray]:
+    """Run the configured rounds over ``grid``; write metrics, state and the final
+    weights into ``settings.out_dir``; return the final weights.
+
+    With ``settings.resume`` the rounds continue after the committed one; otherwise the
+    federation starts from the artifact's weights (overwriting a previous state: the
+    ``serve`` command refuses that before it gets here).
+    """
+    if getattr(settings, "serve_pid", 0):
+        _die_with(settings.serve_pid)
+        _log_to_run_folder(Path(settings.out_dir))
+    try:
+        return _run(grid, settings)
+    except Exception:
+        log.exception("the ServerApp failed")  # into server.log: Flower's copy is remote
+        raise
+
+
+def _run(grid: Any, settings: Any) -> list[np.ndarray]:
+    from devicetune.artifacts.manifest import sha256_file
+    from devicetune.config import load_config
+    from devicetune.fleet.messages import TrainInstructions
+    from devicetune.fleet.population import Population
+    from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
+    from devicetune.server.fleet_grid import FleetGrid
+    from devicetune.server.loop import FederatedLoop
+    from devicetune.server.quorum import QuorumFailure, QuorumPolicy, run_round_with_quorum
+    from devicetune.server.secagg import SecAggRound, check_secagg_config
+    from devicetune.server.state import hold_run_folder
+    from devicetune.server.strategies import make_strategy
+
+    quiet_flower()
+    config = load_config(settings.config)
+    config.require("model", "fleet", command="the devicetune ServerApp")
+    check_secagg_config(config.server)
+    population = Population.from_config(config.fleet, config.seed, settings.data_dir)
+    rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
+    reference = next(iter(open_runtimes(settings.artifacts, {"android": 1.0}, rate).values()))
+    evaluate = global_evaluator(config, population, reference, settings.data_dir)
+    strategy = make_strategy(config.server)
+    loop = FederatedLoop(
+        strategy=strategy, names=reference.weight_names,
+        weights=reference.get_weights(), devices_per_round=config.server.devices_per_round,
+        instructions=TrainInstructions(0, config.fleet.local_epochs, rate,
+                                       config.server.proximal_mu,
+                                       config.privacy.device.enabled),
+        max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
+        round_timeout_s=config.server.round_timeout_s, min_devices=config.server.min_devices,
+    )
+    policy = QuorumPolicy.from_config(config.server)
+    out = Path(settings.out_dir)
+    artifact_sha256 = sha256_file(Path(settings.artifacts) / "model.tflite")
+    with hold_run_folder(out, wait_s=_LOCK_WAIT_S):
+        first = _start(out, bool(getattr(settings, "resume", False)), loop, config.server,
+                       artifact_sha256)
+        fleet = FleetGrid(grid, population, policy.round_timeout_s)
+        joined = fleet.wait_for_devices(min(config.server.devices_per_round,
+                                            population.devices), policy.join_timeout_s)
+        log.info("%d devices joined; rounds %d to %d", joined, first, config.server.rounds)
+        run_round = SecAggRound(loop) if config.server.secagg else None
+        outcome = {"status": "completed", "message": "", "rounds": config.server.rounds,
+                   "last_round": first - 1}
+        for server_round in range(first, config.server.rounds + 1):
+            result = run_round_with_quorum(loop, fleet, server_round, policy, run_round)
+            if isinstance(result, QuorumFailure):
+                outcome.update(status="stopped", message=result.describe())
+                log.error("%s", result.describe())
+                break
+            _commit_round(out, result, loop, config.server.strategy, artifact_sha256)
+            outcome["last_round"] = server_round
+        np.savez(out / "global_weights.npz", **dict(zip(loop.names, loop.weights, strict=True)))
+        atomic_write_json(out / OUTCOME_FILE, outcome)  # last: `serve` waits for it
+        _finished.set()
+    return loop.weights
+
+
+def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str) -> int:
+    """Prepare ``out`` for the first round to run, and return its number."""
+    from devicetune.server.state import (
+        METRICS_FILE,
+        check_resumable,
+        load_state,
+        restore_optimizer_state,
+        trim_metrics,
+    )
+
+    (out / OUTCOME_FILE).unlink(missing_ok=True)
+    if not resume:
+        (out / METRICS_FILE).write_text("")
+        return 1
+    state = load_state(out)
+    check_resumable(state, strategy=server.strategy, names=loop.names,
+                    shapes=[w.shape for w in loop.weights], artifact_sha256=artifact_sha256,
+                    where=out / "server_state.npz")
+    loop.weights = [np.asarray(w, np.float32) for w in state.weights]
+    restore_optimizer_state(loop.strategy, state.optimizer)
+    dropped = trim_metrics(out, state.round)
+    log.info("resuming after round %d (%d uncommitted metrics rows dropped)", state.round,
+             dropped)
+    return state.round + 1
+
+
+def _commit_round(out: Path, record: Any, loop: Any, strategy_name: str,
+                  artifact_sha256: str) -> None:
+    """Append the round's metrics, then commit the state: a crash in between leaves a
+    row that `trim_metrics` drops on resume, never a committed round without its row."""
+    from devicetune.server.state import (
+        METRICS_FILE,
+        ServerState,
+        commit_state,
+        optimizer_state,
+    )
+
+    with (out / METRICS_FILE).open("a") as handle:
+        handle.write(json.dumps(record.to_dict()) + "\n")
+        handle.flush()
+    commit_state(out, ServerState(
+        round=record.round, strategy=strategy_name, names=list(loop.names),
+        weights=[np.asarray(w, np.float32) for w in loop.weights],
+        artifact_sha256=artifact_sha256, optimizer=optimizer_state(loop.strategy),
+        privacy=None,  # issue 8: the privacy ledger's to_dict() is committed here
+    ))
+
+
+def _log_to_run_folder(out: Path) -> None:
+    """Under ``serve``, say in ``server.log`` (and on stderr, which Flower keeps for
+    ``flwr log``) what happens to each round: joins, rejected updates with their
+    reasons, quorum failures, resumption."""
+    logger = logging.getLogger("devicetune")
+    if any(getattr(h, "devicetune_run", False) for h in logger.handlers):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter("%(asctime)s devicetune %(levelname)s: %(message)s")
+    for handler in (logging.FileHandler(out / LOG_FILE), logging.StreamHandler()):
+        handler.setFormatter(formatter)
+        handler.devicetune_run = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _die_with(pid: int) -> None:
+    """Exit this process at once when process ``pid`` (``devicetune serve``) is gone:
+    a server killed with SIGKILL must not leave its ServerApp running, holding the run
+    folder and writing into it. (Flower's own watch of the SuperExec cannot tell a dead
+    parent from an unreaped zombie.) Exiting mid-commit is safe: commits are atomic."""
+
+    def alive() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True  # no /proc: kill(pid, 0) is all there is
+        return state not in ("Z", "X")
+
+    def watch() -> None:
+        while alive():
+            time.sleep(0.2)
+        if not _finished.is_set():
+            log.error("devicetune serve (pid %d) is gone; the ServerApp exits", pid)
+        os._exit(0 if _finished.is_set() else 70)
+
+    threading.Thread(target=watch, name="serve-watchdog", daemon=True).start()
+
+
+def read_outcome(out_dir: Path) -> dict[str, Any] | None:
+    """How the last run in ``out_dir`` ended, or None if it did not get to say."""
+    try:
+        return json.loads((Path(out_dir) / OUTCOME_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,135 @@
+"""`FleetGrid`: a Flower Grid seen through the fleet, for the server's round loop.
+
+Flower addresses nodes; devicetune reasons about devices. Each SuperNode runs the
+devicetune ClientApp as one simulated device and answers a ``query`` message with its
+device id; the grid keeps that mapping, learns about nodes that connect later (a phone
+coming online, a SuperNode restarted with a new node id), and filters by simulated
+availability. It also freezes the set of online devices for a round, so Flower's
+sampling (which waits for as many nodes as it was told exist) never waits for a device
+that left between counting and sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from devicetune.fleet.messages import METRICS
+
+log = logging.getLogger("devicetune.server")
+
+QUERY_DEVICE = "device-id"
+# Replies are polled at this interval (Flower's own grids sleep 3 s between polls,
+# which would dominate a round of phones that train in well under a second).
+POLL_INTERVAL_S = 0.2
+
+
+class FleetGrid:
+    """Devices behind a Flower Grid (a SuperLink's, or the Simulation Engine's).
+
+    Args:
+        grid: the Grid Flower gave the ServerApp.
+        population: the simulated fleet (availability per round).
+        timeout_s: default reply timeout of `send_and_receive`.
+    """
+
+    def __init__(self, grid: Any, population: Any, timeout_s: float | None) -> None:
+        self.grid = grid
+        self.population = population
+        self.timeout_s = timeout_s
+        self.server_round = 0
+        self.node_of: dict[int, int] = {}  # device id -> its current node
+        self._pending: dict[str, int] = {}  # unanswered query message id -> node
+        self._asked: set[int] = set()
+        self._online: list[int] = []
+
+    @property
+    def run(self) -> Any:
+        return self.grid.run
+
+    # ------------------------------------------------------------------ discovery
+
+    def discover(self, wait_s: float = 0.0) -> int:
+        """Ask nodes not seen before which device they are; wait up to ``wait_s`` for
+        the answers (a cold ClientApp loads its artifact and data first). Answers that
+        come later are collected by the next call. Returns how many devices are known."""
+        from flwr.app import Message, RecordDict
+
+        new = [n for n in self.grid.get_node_ids() if n not in self._asked]
+        if new:
+            questions = [Message(RecordDict(), dst_node_id=node, message_type="query")
+                         for node in new]
+            ids = self.grid.push_messages(questions)
+            self._asked.update(new)
+            self._pending.update({i: n for i, n in zip(ids, new, strict=True) if i})
+        deadline = time.monotonic() + wait_s
+        while self._pending:
+            for reply in self.grid.pull_messages(list(self._pending)):
+                node = self._pending.pop(reply.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                if reply.has_error():
+                    self._asked.discard(node)  # ask again next time
+                    continue
+                device = int(reply.content[METRICS][QUERY_DEVICE])
+                if self.node_of.get(device) not in (None, node):
+                    log.info("device %d moved from node %s to node %s", device,
+                             self.node_of[device], node)
+                self.node_of[device] = node
+            if not self._pending or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL_S)
+        return len(self.node_of)
+
+    def wait_for_devices(self, needed: int, timeout_s: float) -> int:
+        """Discover until ``needed`` devices are known and every connected node has
+        answered, or ``timeout_s`` passes (a node that died after connecting never
+        answers). Returns how many devices are known."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            known = self.discover(wait_s=min(1.0, max(0.0, deadline - time.monotonic())))
+            if (known >= needed and not self._pending) or time.monotonic() >= deadline:
+                return known
+            time.sleep(POLL_INTERVAL_S)
+
+    def device_of(self, node: int) -> int | None:
+        for device, current in self.node_of.items():
+            if current == node:
+                return device
+        return None
+
+    # ------------------------------------------------------------------ the Grid API
+
+    def begin_round(self, server_round: int) -> None:
+        """Fix which devices are online for this round: connected, known, available."""
+        self.server_round = server_round
+        self.discover()
+        connected = set(self.grid.get_node_ids())
+        available = self.population.available(server_round)
+        self._online = [self.node_of[int(d)] for d in available
+                        if int(d) in self.node_of and self.node_of[int(d)] in connected]
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._online)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        """Push ``messages`` and collect the replies that arrive within ``timeout``."""
+        timeout = self.timeout_s if timeout is None else timeout
+        ids = {i for i in self.grid.push_messages(list(messages)) if i}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Any] = []
+        while ids:
+            got = list(self.grid.pull_messages(list(ids)))
+            replies.extend(got)
+            ids.difference_update(r.metadata.reply_to_message_id for r in got)
+            if not ids or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(POLL_INTERVAL_S)
+        return replies
+
+    def push_messages(self, messages: Any) -> Any:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Any) -> Any:
+        return self.grid.pull_messages(message_ids)
