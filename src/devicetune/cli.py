@@ -124,19 +124,33 @@ def simulate(
 
 @app.command()
 def serve(config: ConfigArg, out: OutOpt,
-          resume: Annotated[bool, typer.Option(help="Continue from the last round.")] = False
-          ) -> None:
+          resume: Annotated[bool, typer.Option(help="Continue from the last round.")] = False,
+          artifacts: Annotated[Path | None, typer.Option(
+              help="Serve this `devicetune build` folder instead of building one.")] = None,
+          data: DataOpt = None) -> None:
     """Run the federated aggregation server (a Flower SuperLink and ServerApp)."""
-    _not_built("serve", 7)
+    from devicetune.config import resolve_data_dir
+    from devicetune.server.serve import serve as run_serve
+
+    if artifacts is None and not resume:
+        _quiet_tensorflow()  # it builds the artifacts first
+    run_serve(config, out, resolve_data_dir(data), resume=resume, artifacts=artifacts,
+              say=lambda line: print(line, flush=True))
 
 
 @app.command()
 def device(config: ConfigArg,
            superlink: Annotated[str, typer.Option(help="HOST:PORT of the SuperLink.")],
-           device_id: Annotated[int, typer.Option(help="Which simulated device to be.")]
-           ) -> None:
+           device_id: Annotated[int, typer.Option(help="Which simulated device to be.")],
+           artifacts: Annotated[Path | None, typer.Option(
+               help="The build this device runs (default: the server's).")] = None,
+           data: DataOpt = None) -> None:
     """Run one simulated device as a Flower SuperNode."""
-    _not_built("device", 7)
+    from devicetune.server.serve import become_device, device_argv
+
+    argv, env = device_argv(config, superlink, device_id, artifacts, data)
+    print(f"device {device_id}: a SuperNode of {superlink}", flush=True)
+    become_device(argv, env)
 
 
 @app.command()

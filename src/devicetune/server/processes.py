@@ -1,0 +1,266 @@
+"""Flower's processes: the SuperLink a server runs and the SuperNodes devices run.
+
+Flower 1.42's SuperLink serves its Fleet, Control and Runtime APIs on one HTTP port
+(``--host``/``--port``); ``--insecure`` serves plain HTTP, otherwise TLS with the
+certificate, key and CA files given. A SuperExec launches the ServerApp of each
+submitted run. Left to itself the SuperLink would launch the SuperExec; here
+``devicetune serve`` launches both (``--isolation process``), each through
+`_DIE_WITH_PARENT` (Linux's parent-death signal), so that a server killed with SIGKILL
+leaves nothing behind to serve or write. (Flower's own parent watch polls with
+``kill(pid, 0)``, which a zombie passes: where orphans are not reaped, as in containers
+without an init, a SuperExec whose SuperLink died would live on.) The ServerApp watches
+``serve`` itself (`devicetune.server.federation`).
+
+Transport, from the ``[server]`` section:
+
+- ``insecure = true``: plaintext, for local development on 127.0.0.1 only.
+- otherwise TLS: ``server_certificate`` and ``server_private_key`` (PEM) for the
+  SuperLink, ``root_certificate`` (the CA that signed it) for everyone who connects;
+  the certificate must name the address devices dial (a SAN such as IP:127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devicetune.errors import ConfigError, ServerError
+
+# Exec the command, but first ask the kernel to SIGKILL it when this process dies
+# (prctl PR_SET_PDEATHSIG; elsewhere than Linux the ServerApp's own parent watch remains).
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How clients reach the SuperLink: plaintext, or TLS with these PEM files."""
+
+    insecure: bool
+    certificate: Path | None = None
+    private_key: Path | None = None
+    root_certificate: Path | None = None
+
+    @classmethod
+    def for_server(cls, server: Any) -> Transport:
+        """The SuperLink's transport; `ConfigError` if TLS lacks a file."""
+        if server.insecure:
+            return cls(True)
+        files = {"server_certificate": server.server_certificate,
+                 "server_private_key": server.server_private_key,
+                 "root_certificate": server.root_certificate}
+        _check_files(files, "serving with TLS")
+        return cls(False, server.server_certificate, server.server_private_key,
+                   server.root_certificate)
+
+    @classmethod
+    def for_device(cls, server: Any) -> Transport:
+        """A SuperNode's transport: it needs only the CA certificate."""
+        if server.insecure:
+            return cls(True)
+        _check_files({"root_certificate": server.root_certificate}, "connecting with TLS")
+        return cls(False, root_certificate=server.root_certificate)
+
+    def superlink_args(self) -> list[str]:
+        if self.insecure:
+            return ["--insecure"]
+        return ["--ssl-certfile", str(self.certificate), "--ssl-keyfile",
+                str(self.private_key), "--ssl-ca-certfile", str(self.root_certificate)]
+
+    def supernode_args(self) -> list[str]:
+        if self.insecure:
+            return ["--insecure"]
+        return ["--root-certificates", str(self.root_certificate)]
+
+    def describe(self) -> str:
+        return ("insecure: plaintext, for local development only" if self.insecure
+                else f"TLS, certificate {self.certificate}")
+
+
+def _check_files(files: dict[str, Path | None], purpose: str) -> None:
+    missing = [k for k, v in files.items() if v is None]
+    if missing:
+        raise ConfigError(f"server.insecure = false: {purpose} needs server."
+                          f"{', server.'.join(missing)} (PEM files); or set server.insecure "
+                          "= true for local development")
+    for key, path in files.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"server.{key} = {str(path)!r}: no such file")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a pair; `ConfigError` if it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--superlink {address!r}: expected HOST:PORT, e.g. 127.0.0.1:9092")
+    return host.strip("[]"), int(port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """`ServerError` if something already listens on ``host:port``."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the SuperLink will: a port in TIME_WAIT from a previous server is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServerError(f"cannot serve on {host}:{port}: {exc.strerror.lower()} (another "
+                              "server?); stop it or set server.port to a free port") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel says is free now (for a SuperNode's local Runtime API)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def flower_executable(name: str) -> str:
+    """The Flower command installed beside this Python (a venv need not be on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise ServerError(f"{name} is not installed; reinstall devicetune (it needs flwr)")
+    return found
+
+
+def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
+    """The environment of a Flower process: its own home (app bundles, connections),
+    Flower's commands on PATH (SuperLink and SuperNode start SuperExec by name), no
+    dependency installation (devicetune is already installed where it runs)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+# ----------------------------------------------------------------------------- SuperLink
+
+
+class SuperLink:
+    """A running ``flower-superlink`` and its SuperExec, killed with the process that
+    started them.
+
+    Args:
+        host, port: where it serves (all of Flower's APIs share the port).
+        transport: plaintext or TLS.
+        database: SQLite file of its state; SuperNodes stay registered across a restart
+            (an in-memory SuperLink forgets them, and they exit on its 401).
+        log_file: the output of the SuperLink, the SuperExec and the ServerApp.
+        flwr_home: Flower's home for the server side (app bundles).
+    """
+
+    def __init__(self, host: str, port: int, transport: Transport, database: Path,
+                 log_file: Path, flwr_home: Path) -> None:
+        self.host, self.port, self.transport = host, port, transport
+        self.log_file = log_file
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_file.open("ab")
+        self._env = flower_env(flwr_home)
+        self.process = self._start([
+            flower_executable("flower-superlink"), *transport.superlink_args(),
+            "--host", host, "--port", str(port), "--database", str(database),
+            "--isolation", "process", "--disable-runtime-dependency-installation"])
+        self.superexec: subprocess.Popen[bytes] | None = None
+
+    def _start(self, command: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=self._env, cwd=self.log_file.parent)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def wait_until_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until the SuperLink answers on its port, then start its SuperExec;
+        `ServerError` if the SuperLink exits first."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise ServerError(f"the SuperLink exited with code {self.process.returncode} "
+                                  f"before serving; see {self.log_file}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise ServerError(f"the SuperLink did not listen on {self.address} "
+                                      f"within {timeout_s:g} s; see {self.log_file}") from None
+                time.sleep(0.2)
+        self.superexec = self._start([
+            flower_executable("flower-superexec"), *self.transport.supernode_args(),
+            "--runtime-api-address", self.address, "--parent-pid", str(os.getpid())])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and (
+            self.superexec is None or self.superexec.poll() is None)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM), then for sure (SIGKILL)."""
+        for process in (self.superexec, self.process):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self._log.close()
+
+
+def write_connection(flwr_home: Path, name: str, address: str, transport: Transport) -> None:
+    """A Flower config naming the SuperLink ``name`` for ``flwr run`` / ``flwr ls``."""
+    lines = ["[superlink]", f"default = {json.dumps(name)}", "", f"[superlink.{name}]",
+             f"address = {json.dumps(address)}"]
+    if transport.insecure:
+        lines.append("insecure = true")
+    else:
+        lines.append(f"root-certificates = {json.dumps(str(transport.root_certificate))}")
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- SuperNode
+
+
+def supernode_command(superlink: str, transport: Transport, node_config: dict[str, Any],
+                      runtime_port: int) -> list[str]:
+    """``flower-supernode`` connecting to ``superlink`` with this node config. Each
+    SuperNode also serves a local Runtime API for its ClientApp; on one machine every
+    SuperNode needs its own port for it."""
+    pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+    return [flower_executable("flower-supernode"), *transport.supernode_args(),
+            "--superlink", superlink, "--node-config", pairs,
+            "--host", "127.0.0.1", "--port", str(runtime_port)]
+
+
+def device_flwr_home(device_id: int) -> Path:
+    """A Flower home of a device's own: SuperNodes on one machine would otherwise
+    install the same app bundle into one folder at the same moment."""
+    base = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+    return base / "devicetune-devices" / str(device_id)

@@ -1,0 +1,329 @@
+"""`devicetune serve` and `devicetune device`: a federation of real Flower processes.
+
+``serve`` checks everything a user can get wrong before it starts a process (config,
+TLS files, port, artifacts, the state to resume), then starts a SuperLink on the
+config's host and port and submits the devicetune ServerApp to it with ``flwr run``,
+Flower's supported entry, as a Flower App generated in the run folder (its run config
+names this run's files). It prints each round as the ServerApp commits it and returns
+when the run ends. The run folder::
+
+    config.toml          the resolved config the ServerApp runs
+    artifacts/           the build devices run (unless --artifacts names one)
+    metrics.jsonl        one row per committed round
+    server_state.npz     the committed state (`devicetune.server.state`)
+    outcome.json         how the run ended (completed, or stopped for want of devices)
+    global_weights.npz   the final global weights
+    server.log           the ServerApp's log: joins, rejected updates, quorum failures
+    superlink.log        the SuperLink's log
+    flower/              the generated Flower App, Flower's home, the SuperLink database
+
+``device`` checks its arguments and becomes ``flower-supernode`` (exec), so that the
+process a user starts, and may kill, is the SuperNode itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devicetune.errors import ServerError
+
+CONNECTION = "devicetune"
+APP_NAME = "devicetune-serve"
+# How often `serve` asks Flower whether the run is still alive (the ServerApp's own
+# outcome.json usually says it first).
+_STATUS_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class ServeResult:
+    out_dir: Path
+    outcome: dict[str, Any]
+    rounds: list[dict[str, Any]]
+
+
+def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = False,
+          artifacts: Path | None = None, say: Callable[[str], None] = print,
+          client_app: str = "devicetune.server.apps:client_app") -> ServeResult:
+    """Serve the federation a config describes until its rounds are done.
+
+    Args:
+        client_app: the ClientApp the SuperNodes run (tests substitute misbehaving
+            devices; users keep the default).
+
+    Raises:
+        ConfigError: the config or its TLS files are unusable.
+        ArtifactError: the artifacts, or the state to resume, are missing or corrupt.
+        ServerError: the port is taken, the folder is in use, there is no state to
+            resume (or one to overwrite), or the run stopped short of its rounds.
+    """
+    from devicetune.config import load_config, to_toml
+    from devicetune.server.processes import SuperLink, Transport, check_port_free
+    from devicetune.server.secagg import check_secagg_config
+    from devicetune.server.state import hold_run_folder
+
+    config = load_config(config_path)
+    config.require("model", "fleet", command="devicetune serve")
+    check_secagg_config(config.server)
+    transport = Transport.for_server(config.server)
+    out_dir = Path(out_dir).resolve()
+    with hold_run_folder(out_dir, wait_s=15.0):  # only checks: the ServerApp holds it
+        first_round = _check_state(out_dir, resume, config.server.strategy)
+    check_port_free(config.server.host, config.server.port)
+    artifacts = _artifacts(config, out_dir, data_dir, artifacts, resume, say)
+    if resume:
+        _check_state_fits(out_dir, config.server.strategy, artifacts)
+    (out_dir / "config.toml").write_text(to_toml(config))
+    app_dir = _write_app(out_dir, client_app, {
+        "config": str(out_dir / "config.toml"), "artifacts": str(artifacts),
+        "data": str(Path(data_dir).resolve()), "out": str(out_dir), "resume": resume,
+        "serve-pid": os.getpid()})
+    flwr_home = out_dir / "flower" / "home"
+    from devicetune.server.federation import OUTCOME_FILE
+
+    (out_dir / OUTCOME_FILE).unlink(missing_ok=True)
+    superlink = SuperLink(config.server.host, config.server.port, transport,
+                          out_dir / "flower" / "superlink.db", out_dir / "superlink.log",
+                          flwr_home)
+    try:
+        superlink.wait_until_ready()
+        say(f"SuperLink on {superlink.address} ({transport.describe()})")
+        say(f"devices join with: devicetune device {config_path} --superlink "
+            f"{superlink.address} --device-id K")
+        run_id = _submit(app_dir, flwr_home, superlink.address, transport)
+        say(f"run {run_id}: {'resuming at' if resume else 'starting with'} round "
+            f"{first_round} of {config.server.rounds}")
+        return _follow(out_dir, superlink, run_id, flwr_home, config.server.rounds,
+                       first_round - 1, say)
+    finally:
+        superlink.stop()
+
+
+def _check_state(out_dir: Path, resume: bool, strategy: str) -> int:
+    from devicetune.server.state import has_state, load_state
+
+    if resume:
+        state = load_state(out_dir)  # refuses a missing or corrupt state
+        if state.strategy != strategy:
+            raise ServerError(f"{out_dir} was served with strategy {state.strategy!r}, the "
+                              f"config says {strategy!r}; resume with the same strategy")
+        return state.round + 1
+    if has_state(out_dir):
+        state = load_state(out_dir)
+        raise ServerError(f"{out_dir} already holds a federation at round {state.round}; "
+                          "pass --resume to continue it, or choose another --out")
+    return 1
+
+
+def _check_state_fits(out_dir: Path, strategy: str, artifacts: Path) -> None:
+    from devicetune.artifacts.manifest import read_manifest, sha256_file
+    from devicetune.server.state import STATE_FILE, check_resumable, load_state
+
+    state = load_state(out_dir)
+    manifest = read_manifest(artifacts)
+    names = manifest.tflite.weight_names if manifest.tflite else state.names
+    check_resumable(state, strategy=strategy, names=names,
+                    shapes=[w.shape for w in state.weights],
+                    artifact_sha256=sha256_file(artifacts / "model.tflite"),
+                    where=out_dir / STATE_FILE)
+
+
+def _artifacts(config: Any, out_dir: Path, data_dir: Path, given: Path | None, resume: bool,
+               say: Callable[[str], None]) -> Path:
+    """The build devices run: ``given``, the run's own, or a new one in the run folder."""
+    from devicetune.artifacts.manifest import read_manifest
+    from devicetune.errors import ArtifactError
+
+    target = Path(given).resolve() if given is not None else out_dir / "artifacts"
+    if given is not None or resume:
+        read_manifest(target)  # refuses a folder that is not a build
+        if not (target / "model.tflite").is_file():
+            raise ArtifactError(f"{target} has no model.tflite; devices run the TFLite "
+                                "artifact, build with export.tflite = true")
+        return target
+    say(f"building the artifacts into {target}")
+    from devicetune.export.build import build
+
+    build(config, target, data_dir)
+    return target
+
+
+def _write_app(out_dir: Path, client_app: str, run_config: dict[str, Any]) -> Path:
+    """A Flower App whose components are devicetune's, with this run's settings as its
+    run config. It bundles no code: SuperExec imports devicetune where it is installed."""
+    import tomli_w
+
+    app_dir = out_dir / "flower" / APP_NAME
+    app_dir.mkdir(parents=True, exist_ok=True)
+    project = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {"name": APP_NAME, "version": "1.0.0", "dependencies": [],
+                    "description": "devicetune serve, generated for one run folder"},
+        "tool": {"flwr": {"app": {
+            "publisher": "devicetune",
+            "components": {"serverapp": "devicetune.server.apps:server_app",
+                           "clientapp": client_app},
+            "config": run_config,
+        }}},
+    }
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
+    return app_dir
+
+
+def _flwr(args: list[str], flwr_home: Path, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Run a ``flwr`` CLI command with ``--format json`` and return its answer."""
+    from devicetune.server.processes import flower_env, flower_executable
+
+    try:
+        done = subprocess.run([flower_executable("flwr"), *args, "--format", "json"],
+                              capture_output=True, text=True, timeout=timeout_s,
+                              env=flower_env(flwr_home), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ServerError(f"`flwr {args[0]}` did not answer within {timeout_s:g} s") from None
+    try:
+        answer = json.loads(done.stdout[done.stdout.index("{"):])
+    except ValueError:
+        answer = {}
+    if done.returncode != 0 or not answer.get("success", False):
+        reason = answer.get("error-message") or (done.stderr or done.stdout).strip()
+        raise ServerError(f"`flwr {args[0]}` failed: {' '.join(str(reason).split())[:300]}")
+    return answer
+
+
+def _submit(app_dir: Path, flwr_home: Path, address: str, transport: Any) -> int:
+    from devicetune.server.processes import write_connection
+
+    write_connection(flwr_home, CONNECTION, address, transport)
+    return int(_flwr(["run", str(app_dir), CONNECTION], flwr_home)["run-id"])
+
+
+def _run_status(run_id: int, flwr_home: Path) -> tuple[str, str]:
+    answer = _flwr(["ls", CONNECTION, "--run-id", str(run_id)], flwr_home)
+    run = answer["runs"][0]
+    return str(run.get("status", "")), str(run.get("status-details", ""))
+
+
+def _follow(out_dir: Path, superlink: Any, run_id: int, flwr_home: Path, rounds: int,
+            committed: int, say: Callable[[str], None]) -> ServeResult:
+    """Print each round the ServerApp commits (after the ``committed`` ones) until it
+    says how the run ended."""
+    from devicetune.server.federation import read_outcome
+
+    metrics, seen = out_dir / "metrics.jsonl", committed
+    next_status = time.monotonic() + _STATUS_EVERY_S
+    while True:
+        rows = _rows(metrics)
+        for row in rows[seen:]:
+            say(_describe_round(row, rounds))
+        seen = max(seen, len(rows))
+        outcome = read_outcome(out_dir)
+        if outcome is not None:
+            break
+        if not superlink.alive():
+            raise ServerError(f"the SuperLink exited (code {superlink.process.returncode}) "
+                              f"during the run; see {superlink.log_file}")
+        if time.monotonic() >= next_status:
+            status, details = _run_status(run_id, flwr_home)
+            if status.startswith("finished") and read_outcome(out_dir) is None:
+                details = details.removeprefix("ServerApp failed with exception: ")
+                raise ServerError(f"the ServerApp ended ({status}) before finishing: "
+                                  f"{' '.join(details.split())}; see {out_dir / 'server.log'}")
+            next_status = time.monotonic() + _STATUS_EVERY_S
+        time.sleep(0.5)
+    rows = _rows(metrics)
+    for row in rows[seen:]:
+        say(_describe_round(row, rounds))
+    _wait_finished(run_id, flwr_home)
+    if outcome["status"] != "completed":
+        raise ServerError(outcome["message"])
+    say(f"done: round {outcome['last_round']} of {rounds} committed in {out_dir}")
+    return ServeResult(out_dir, outcome, rows)
+
+
+def _wait_finished(run_id: int, flwr_home: Path, timeout_s: float = 30.0) -> None:
+    """Give the ServerApp, its outcome written, a moment to report to the SuperLink
+    before the SuperLink stops (bounded: the outcome is what counts)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if _run_status(run_id, flwr_home)[0].startswith("finished"):
+                return
+        except ServerError:
+            return
+        time.sleep(1.0)
+
+
+def _rows(metrics: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        text = metrics.read_text()
+    except FileNotFoundError:
+        return rows
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break  # a row being written
+    return rows
+
+
+def _describe_round(row: dict[str, Any], rounds: int) -> str:
+    accuracy = row.get("global_accuracy")
+    shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
+    retries = row.get("attempts", 1) - 1
+    return (f"round {row['round']}/{rounds}: {row['completed']} of {row['sampled']} devices "
+            f"aggregated, {row['dropped']} dropped, {row['rejected']} rejected"
+            f"{f', after {retries} retries' if retries else ''}; global accuracy {shown} "
+            f"({row['wall_s']:.1f} s)")
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def device_argv(config_path: Path, superlink: str, device_id: int,
+                artifacts: Path | None = None, data_dir: Path | None = None
+                ) -> tuple[list[str], dict[str, str]]:
+    """The ``flower-supernode`` command and environment of simulated device
+    ``device_id``; raises `ConfigError` / `ArtifactError` for what a user can fix."""
+    from devicetune.artifacts.manifest import read_manifest
+    from devicetune.config import load_config
+    from devicetune.errors import ConfigError
+    from devicetune.server.processes import (
+        Transport,
+        device_flwr_home,
+        flower_env,
+        free_port,
+        parse_address,
+        supernode_command,
+    )
+
+    config = load_config(config_path)
+    config.require("fleet", command="devicetune device")
+    devices = config.fleet.devices
+    if not 0 <= device_id < devices:
+        raise ConfigError(f"--device-id {device_id}: the fleet in {config_path} has devices "
+                          f"0 to {devices - 1}")
+    host, port = parse_address(superlink)
+    node_config: dict[str, Any] = {"device-id": device_id,
+                                   "config": str(Path(config_path).resolve())}
+    if artifacts is not None:
+        read_manifest(artifacts)
+        node_config["artifacts"] = str(Path(artifacts).resolve())
+    if data_dir is not None:
+        node_config["data"] = str(Path(data_dir).resolve())
+    command = supernode_command(f"{host}:{port}", Transport.for_device(config.server),
+                                node_config, free_port())
+    home = device_flwr_home(device_id)
+    home.mkdir(parents=True, exist_ok=True)
+    return command, flower_env(home)
+
+
+def become_device(argv: list[str], env: dict[str, str]) -> None:
+    """Replace this process with the SuperNode (never returns)."""
+    os.execve(argv[0], argv, env)

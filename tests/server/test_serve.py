@@ -1,0 +1,150 @@
+"""`devicetune serve` and `devicetune device` as real processes on 127.0.0.1: a SuperLink,
+its ServerApp, and SuperNodes that are simulated phones running the artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devicetune.server.state import load_state
+from tests.server.conftest import (
+    Federation,
+    inline_run,
+    kill_tree,
+    metrics_rows,
+    port_is_free,
+    saved_weights,
+    serve_config,
+    wait_for,
+)
+
+
+def _assert_weights_close(ours: list[np.ndarray], theirs: list[np.ndarray]) -> None:
+    # The same devices and seeds; only the order of summing replies may differ.
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_three_devices_complete_two_rounds_as_in_process(
+        tmp_path: Path, federation: Federation, small_artifacts: Path,
+        data_dir: Path) -> None:
+    config_path, config = serve_config(tmp_path)
+    out = tmp_path / "run"
+    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
+    for device_id in range(3):
+        federation.device(config_path, config.server.port, device_id)
+    assert federation.wait(server) == 0, federation.output(server)
+    stdout, _ = federation.output(server)
+    assert "round 2/2: 3 of 3 devices aggregated" in stdout
+
+    rows = metrics_rows(out)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["sampled"] == r["completed"] == 3 for r in rows)
+    weights, accuracy = inline_run(config, small_artifacts, data_dir, rounds=2)
+    _assert_weights_close(saved_weights(out), weights)
+    assert [r["global_accuracy"] for r in rows] == pytest.approx(accuracy, abs=1e-6)
+    state = load_state(out)
+    assert state.round == 2
+    _assert_weights_close(state.weights, weights)
+    assert json.loads((out / "outcome.json").read_text())["status"] == "completed"
+    assert port_is_free(config.server.port)  # the SuperLink is gone
+
+
+@pytest.mark.parametrize("quorum_holds", [True, False])
+def test_a_device_killed_mid_round(tmp_path: Path, federation: Federation,
+                                   small_artifacts: Path, quorum_holds: bool) -> None:
+    """Device 2 dies once round 1 is committed: with min_devices 2 round 2 completes
+    with the other two; with min_devices 3 it fails its quorum twice (a retry) and the
+    server stops cleanly at round 1, ready to resume."""
+    server_settings = dict(min_devices=2, on_quorum_failure="stop") if quorum_holds \
+        else dict(min_devices=3, on_quorum_failure="retry", max_retries=1)
+    config_path, config = serve_config(tmp_path, round_timeout_s=20, **server_settings)
+    out = tmp_path / "run"
+    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
+    devices = [federation.device(config_path, config.server.port, k) for k in range(3)]
+    wait_for(lambda: len(metrics_rows(out)) >= 1 or server.poll() is not None, "round 1")
+    kill_tree(devices[2])
+    code = federation.wait(server)
+    stdout, stderr = federation.output(server)
+    rows = metrics_rows(out)
+    if quorum_holds:
+        assert code == 0, (stdout, stderr)
+        assert [r["round"] for r in rows] == [1, 2]
+        assert rows[1]["completed"] == 2
+        assert rows[1]["completed"] + rows[1]["dropped"] == rows[1]["sampled"]
+        assert load_state(out).round == 2
+    else:
+        assert code == 2, (stdout, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: round 2 got at most 2 valid")
+        assert "2 attempts" in lines[0] and "--resume" in lines[0]
+        assert [r["round"] for r in rows] == [1]
+        assert load_state(out).round == 1
+        outcome = json.loads((out / "outcome.json").read_text())
+        assert outcome["status"] == "stopped" and outcome["last_round"] == 1
+    assert port_is_free(config.server.port)
+
+
+def test_a_killed_server_resumes_where_it_committed(
+        tmp_path: Path, federation: Federation, small_artifacts: Path,
+        data_dir: Path) -> None:
+    """SIGKILL the server once round 2 is committed; `--resume` continues at the next
+    round with the committed weights: the result is the uninterrupted federation's."""
+    config_path, config = serve_config(tmp_path, rounds=4)
+    out = tmp_path / "run"
+    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
+    for device_id in range(3):
+        federation.device(config_path, config.server.port, device_id)
+
+    def committed() -> int:
+        try:
+            return load_state(out).round
+        except Exception:  # not written yet
+            return 0
+
+    wait_for(lambda: committed() >= 2 or server.poll() is not None, "round 2 committed")
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+    at_kill = committed()
+    assert 2 <= at_kill < 4
+    # Its SuperLink dies with it (parent-death signal), freeing the port.
+    wait_for(lambda: port_is_free(config.server.port), "the old SuperLink to exit", 30)
+
+    resumed = federation.serve(config_path, out, "--resume", "--artifacts",
+                               str(small_artifacts), log_name="resumed")
+    assert federation.wait(resumed) == 0, federation.output(resumed)
+    stdout, _ = federation.output(resumed)
+    assert f"resuming at round {at_kill + 1} of 4" in stdout
+    assert [r["round"] for r in metrics_rows(out)] == [1, 2, 3, 4]  # none lost or doubled
+    weights, accuracy = inline_run(config, small_artifacts, data_dir, rounds=4)
+    _assert_weights_close(saved_weights(out), weights)
+    assert [r["global_accuracy"] for r in metrics_rows(out)] == pytest.approx(accuracy,
+                                                                              abs=1e-6)
+
+
+def test_bad_updates_from_real_devices_are_rejected_and_counted(
+        tmp_path: Path, federation: Federation, small_artifacts: Path) -> None:
+    """Four SuperNodes: one honest, one sending NaN, one a wrong shape, one an update
+    1000 times the norm bound. Only the honest update is aggregated."""
+    config_path, config = serve_config(tmp_path, devices=4, rounds=1, devices_per_round=4,
+                                       min_devices=1)
+    out = tmp_path / "run"
+    server = federation.serve_with_client_app(config_path, out, small_artifacts,
+                                              "tests.server.faulty_devices:client_app")
+    faults = {0: "", 1: "nan", 2: "shape", 3: "norm"}
+    for device_id, fault in faults.items():
+        node_config = {"device-id": device_id, "fault": fault,
+                       "max-update-norm": config.server.max_update_norm}
+        federation.supernode(config.server.port, node_config, f"device-{device_id}")
+    assert federation.wait(server) == 0, federation.output(server)
+    (row,) = metrics_rows(out)
+    assert (row["sampled"], row["completed"], row["rejected"]) == (4, 1, 3)
+    log = (out / "server.log").read_text()
+    for device_id, reason in ((1, "NaN"), (2, "shape"), (3, "exceeds the bound")):
+        assert any(f"rejected the update of device {device_id} " in line and reason in line
+                   for line in log.splitlines()), reason
