@@ -93,6 +93,18 @@ class FleetGrid:
                 return known
             time.sleep(POLL_INTERVAL_S)
 
+    def wait_until_online(self, needed: int, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for ``needed`` known devices to be connected (phones
+        coming back before a round or its retry). Returns how many are."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.discover()
+            connected = set(self.grid.get_node_ids())
+            online = sum(1 for node in self.node_of.values() if node in connected)
+            if online >= needed or time.monotonic() >= deadline:
+                return online
+            time.sleep(1.0)
+
     def device_of(self, node: int) -> int | None:
         for device, current in self.node_of.items():
             if current == node:
@@ -101,12 +113,19 @@ class FleetGrid:
 
     # ------------------------------------------------------------------ the Grid API
 
-    def begin_round(self, server_round: int) -> None:
-        """Fix which devices are online for this round: connected, known, available."""
+    def begin_round(self, server_round: int, sampling_rate: float | None = None) -> None:
+        """Fix which devices are online for this round: connected, known, available,
+        and, with a ``sampling_rate`` (DP rounds), chosen by their coin flip, as the
+        in-process grids do (`devicetune.fleet.grid.FleetGridBase`)."""
+        import numpy as np
+
         self.server_round = server_round
         self.discover()
         connected = set(self.grid.get_node_ids())
         available = self.population.available(server_round)
+        if sampling_rate is not None:
+            available = np.intersect1d(
+                available, self.population.poisson_sample(server_round, sampling_rate))
         self._online = [self.node_of[int(d)] for d in available
                         if int(d) in self.node_of and self.node_of[int(d)] in connected]
 

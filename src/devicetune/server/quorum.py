@@ -85,8 +85,12 @@ def run_round_with_quorum(loop: FederatedLoop, grid: Any, server_round: int,
         failure with every attempt's record.
     """
     run_round = run_round or (lambda g, r, a: loop.run_round(g, r, attempt=a))
+    wait_until_online = getattr(grid, "wait_until_online", None)
     attempts: list[RoundRecord] = []
     for attempt in range(policy.attempts):
+        if wait_until_online is not None:
+            # Devices that left (or whose SuperNode restarted) get a timeout to return.
+            wait_until_online(policy.min_devices, policy.round_timeout_s)
         record = run_round(grid, server_round, attempt)
         attempts.append(record)
         if record.extra.get("quorum", True):
