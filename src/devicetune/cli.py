@@ -146,7 +146,7 @@ def device(config: ConfigArg,
                help="The build this device runs (default: the server's).")] = None,
            data: DataOpt = None) -> None:
     """Run one simulated device as a Flower SuperNode."""
-    from devicetune.server.serve import become_device, device_argv
+    from devicetune.server.device import become_device, device_argv
 
     argv, env = device_argv(config, superlink, device_id, artifacts, data)
     print(f"device {device_id}: a SuperNode of {superlink}", flush=True)

@@ -219,3 +219,44 @@ def inline_run(config: DevicetuneConfig, artifacts: Path, data_dir: Path, rounds
 def saved_weights(out: Path) -> list[np.ndarray]:
     with np.load(out / "global_weights.npz") as saved:
         return [saved[name] for name in saved.files]
+
+
+def tls_files(folder: Path, host: str = "127.0.0.1") -> dict[str, str]:
+    """A CA and a server certificate for ``host`` (PEM files), as [server] keys."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key, issuer: str, issuer_key, ca: bool):  # noqa: ANN001, ANN202
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]),
+                critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), \
+        ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("devicetune test CA", ca_key, "devicetune test CA", ca_key, True)
+    server = certificate(host, server_key, "devicetune test CA", ca_key, False)
+    folder.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (folder / "server.pem").write_bytes(server.public_bytes(pem))
+    (folder / "server.key").write_bytes(server_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return {"root_certificate": str(folder / "ca.pem"),
+            "server_certificate": str(folder / "server.pem"),
+            "server_private_key": str(folder / "server.key")}

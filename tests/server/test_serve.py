@@ -148,3 +148,22 @@ def test_bad_updates_from_real_devices_are_rejected_and_counted(
     for device_id, reason in ((1, "NaN"), (2, "shape"), (3, "exceeds the bound")):
         assert any(f"rejected the update of device {device_id} " in line and reason in line
                    for line in log.splitlines()), reason
+
+
+def test_a_federation_over_tls(tmp_path: Path, federation: Federation,
+                               small_artifacts: Path) -> None:
+    """The same federation with ``insecure = false``: the SuperLink serves TLS with the
+    configured certificate, devices and Flower's CLI trust the configured CA."""
+    from tests.server.conftest import tls_files
+
+    config_path, config = serve_config(tmp_path, rounds=1, insecure=False,
+                                       **tls_files(tmp_path / "tls"))
+    out = tmp_path / "run"
+    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
+    for device_id in range(3):
+        federation.device(config_path, config.server.port, device_id)
+    assert federation.wait(server) == 0, federation.output(server)
+    stdout, _ = federation.output(server)
+    assert "(TLS, certificate" in stdout
+    (row,) = metrics_rows(out)
+    assert row["completed"] == 3
