@@ -208,7 +208,9 @@ def trim_metrics(out_dir: Path, last_round: int) -> int:
 
 
 def optimizer_state(strategy: Any) -> dict[str, dict[str, np.ndarray]]:
-    """The server optimizer state a Flower strategy holds between rounds."""
+    """The server optimizer state a Flower strategy holds between rounds (looked up
+    through a wrapper's ``inner`` strategy, as DP wraps it)."""
+    strategy = getattr(strategy, "inner", strategy)
     state = {}
     for slot in _OPTIMIZER_SLOTS:
         values = getattr(strategy, slot, None)
@@ -219,6 +221,7 @@ def optimizer_state(strategy: Any) -> dict[str, dict[str, np.ndarray]]:
 
 def restore_optimizer_state(strategy: Any, state: dict[str, dict[str, np.ndarray]]) -> None:
     """Give a fresh strategy the optimizer state it had when the state was committed."""
+    strategy = getattr(strategy, "inner", strategy)
     for slot, values in state.items():
         if not hasattr(strategy, slot):
             raise ServerError(f"the saved optimizer state has {slot!r}, which strategy "
