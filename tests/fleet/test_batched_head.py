@@ -45,10 +45,12 @@ def test_batched_steps_equal_the_artifact(data_dir: Path, optimizer: str,
     start = lite.get_weights()
     names = variant.program().names
     plan = _batches(lite, devices=3, steps=12, seed=2)
+    spec = variant.model.spec
     head = BatchedHead.from_global(
-        [start[n] for n in names], 3, activations=[l.activation for l in variant.model.layers],
-        optimizer=variant.model.spec.optimizer, learning_rate=variant.model.spec.optimizer
-        .learning_rate, dp_clip_norm=0.3, dp_noise_multiplier=0.0 if private else None)
+        [start[n] for n in names], 3,
+        activations=[layer.activation for layer in variant.model.layers],
+        optimizer=spec.optimizer, learning_rate=spec.optimizer.learning_rate,
+        dp_clip_norm=0.3, dp_noise_multiplier=0.0 if private else None)
     for step in range(12):
         f = np.stack([plan[d][step][0] for d in range(3)])
         y = np.stack([plan[d][step][1] for d in range(3)]).astype(np.int64)

@@ -38,8 +38,12 @@ def train_locally(runtime: DeviceRuntime, train: TrainingData, weights: list[np.
                        learning_rate=instructions.learning_rate,
                        proximal_mu=instructions.proximal_mu, private=instructions.private)
     compute_s = time.perf_counter() - start
-    return runtime.get_weights(), {NUM_EXAMPLES: float(len(labels)),
-                                   "train-loss": float(loss), "compute-seconds": compute_s}
+    metrics = {NUM_EXAMPLES: float(len(labels)), "train-loss": float(loss),
+               "compute-seconds": compute_s}
+    if instructions.private:  # what the device's own sample-level epsilon depends on
+        metrics["dp-steps"] = float(instructions.local_epochs
+                                    * -(-len(labels) // runtime.batch_size))
+    return runtime.get_weights(), metrics
 
 
 def training_data(runtime: DeviceRuntime, data: Callable[[], LocalData]) -> TrainingData:

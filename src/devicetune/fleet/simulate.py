@@ -25,7 +25,7 @@ import numpy as np
 from devicetune.atomic import atomic_write_bytes, atomic_write_json
 from devicetune.config import DevicetuneConfig, PersonalizationConfig, to_toml
 from devicetune.device.runtime import DeviceRuntime
-from devicetune.errors import ConfigError
+from devicetune.errors import ConfigError, PrivacyBudgetExceeded
 from devicetune.fleet.personalize import PersonalizationResult, naive, personalize
 from devicetune.fleet.population import DeviceProfile, LocalData, Population
 
@@ -71,6 +71,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         ConfigError: a section is missing or inconsistent.
     """
     from devicetune.server.loop import FederatedLoop
+    from devicetune.server.private import private_setup
     from devicetune.server.strategies import make_strategy
 
     config.require("model", "fleet", command="devicetune simulate")
@@ -96,8 +97,10 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     evaluate = global_evaluator(config, population, reference, data_dir)
     from devicetune.fleet.messages import TrainInstructions
 
+    strategy, privacy = private_setup(config, make_strategy(config.server),
+                                      population.devices, config.seed)
     loop = FederatedLoop(
-        strategy=make_strategy(config.server), names=reference.weight_names,
+        strategy=strategy, privacy=privacy, names=reference.weight_names,
         weights=initial, devices_per_round=config.server.devices_per_round,
         instructions=TrainInstructions(
             server_round=0, local_epochs=config.fleet.local_epochs,
@@ -107,6 +110,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     )
     initial_accuracy = evaluate(initial)["accuracy"]
     metrics_path = out_dir / METRICS_FILE
+    stopped: str | None = None
     if engine == "flower":
         final = _run_flower_engine(config, out_dir, artifacts, data_dir, population, progress)
         loop.weights = final
@@ -116,7 +120,11 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         for server_round in range(1, config.server.rounds + 1):
             progress.stage(f"round {server_round}/{config.server.rounds}",
                            min(config.server.devices_per_round, population.devices))
-            record = loop.run_round(grid, server_round)
+            try:
+                record = loop.run_round(grid, server_round)
+            except PrivacyBudgetExceeded as exc:  # the gate: training stops here
+                stopped = str(exc)
+                break
             with metrics_path.open("a") as handle:  # a crashed run keeps finished rounds
                 handle.write(json.dumps(record.to_dict()) + "\n")
     rounds = [json.loads(line) for line in metrics_path.read_text().splitlines()]
@@ -128,6 +136,17 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     _write_devices(out_dir / DEVICES_FILE, results)
     summary = _summary(config, results, initial_accuracy, loop.weights, evaluate,
                        device_rounds, rounds_s, time.perf_counter() - started)
+    summary["rounds_run"] = len(rounds)
+    summary["stopped"] = stopped
+    if loop.device_dp_steps:
+        summary["device_privacy"] = device_privacy(loop.device_dp_steps, artifacts,
+                                                   config.privacy.delta)
+    if privacy is not None:
+        spent = privacy.accountant.epsilons()
+        summary["privacy"] = {"epsilon_rdp": spent.rdp, "epsilon_pld": spent.pld,
+                              "delta": config.privacy.delta,
+                              "noise_multiplier": config.privacy.noise_multiplier,
+                              "sampling_rate": privacy.sampling_rate}
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     np.savez(out_dir / "global_weights.npz",
              **dict(zip(loop.names, loop.weights, strict=True)))
@@ -160,6 +179,30 @@ def _grid(engine: str, config: DevicetuneConfig, population: Population,
                           dp=(manifest.tflite.dp_clip_norm, manifest.tflite.dp_noise_multiplier),
                           round_timeout_s=timeout_s,
                           on_device=lambda _: progress.advance())
+
+
+def device_privacy(steps: dict[int, tuple[int, int]], artifacts: Path, delta: float
+                   ) -> dict[str, Any]:
+    """Each phone's own sample-level epsilon from its DP-SGD steps over the whole run
+    (RDP; q = batch / local examples), summarised over the devices that trained."""
+    from functools import cache
+
+    from devicetune.artifacts.manifest import read_manifest
+    from devicetune.privacy.accounting import device_epsilon
+
+    tflite = read_manifest(artifacts).tflite
+    assert tflite is not None
+
+    @cache
+    def of(total_steps: int, examples: int) -> float:
+        return device_epsilon(total_steps, tflite.dp_noise_multiplier, tflite.batch_size,
+                              examples, delta)
+
+    values = np.array([of(s, n) for s, n in steps.values()])
+    return {"devices": len(values), "epsilon_max": float(values.max()),
+            "epsilon_median": float(np.median(values)), "delta": delta,
+            "noise_multiplier": tflite.dp_noise_multiplier,
+            "clip_norm": tflite.dp_clip_norm}
 
 
 def _run_flower_engine(config: DevicetuneConfig, out_dir: Path, artifacts: Path,

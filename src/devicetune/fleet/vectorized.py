@@ -90,6 +90,9 @@ class VectorizedGrid(FleetGridBase):
                        "compute-seconds": compute_s,
                        "device-seconds": compute_s / profile.speed,
                        "device-id": float(device)}
+            if instructions.private:
+                metrics["dp-steps"] = float(instructions.local_epochs
+                                            * -(-len(labels[i]) // self.batch_size))
             self.on_device(device)
             if metrics["device-seconds"] > self.round_timeout_s:
                 self.dropped.append(device)

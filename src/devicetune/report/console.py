@@ -113,8 +113,20 @@ def print_simulation(result: SimulationResult) -> None:
         console.print(f"mean gain {100 * s['mean_gain']:+.1f} points, "
                       f"{100 * s['fraction_harmed']:.0f}% of devices harmed, "
                       f"{100 * s['fraction_kept_global']:.0f}% kept the global head")
+    if s.get("stopped"):
+        console.print(f"[yellow]stopped early:[/] {s['stopped']}")
+    if s.get("privacy"):
+        p = s["privacy"]
+        console.print(f"user-level DP: epsilon {p['epsilon_rdp']:.3g} (RDP) / "
+                      f"{p['epsilon_pld']:.3g} (PLD) at delta {p['delta']:g}, noise "
+                      f"multiplier {p['noise_multiplier']:g}, q = {p['sampling_rate']:.3g}")
+    if s.get("device_privacy"):
+        d = s["device_privacy"]
+        console.print(f"on-device DP-SGD: per-device epsilon up to {d['epsilon_max']:.3g} "
+                      f"(median {d['epsilon_median']:.3g}) at delta {d['delta']:g}")
+    rounds = s.get("rounds_run", s["rounds"])
     console.print(f"global accuracy {100 * s['global_accuracy_initial']:.1f}% -> "
-                  f"{100 * s['global_accuracy_final']:.1f}% over {s['rounds']} rounds; "
+                  f"{100 * s['global_accuracy_final']:.1f}% over {rounds} rounds; "
                   f"{s['device_rounds_per_s'] or 0:.1f} device-rounds/s; "
                   f"wall {s['wall_s']:.0f}s; run folder {result.out_dir}")
 

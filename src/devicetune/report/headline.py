@@ -37,6 +37,7 @@ class Cell:
             "count": lambda: f"{v:,}",
             "seconds": lambda: f"{v:,.1f} s",
             "rate": lambda: f"{v:,.1f}/s",
+            "number": lambda: f"{v:.4g}",
         }[self.unit]()
 
 
@@ -65,6 +66,7 @@ def headline(run: Run, versions: Sequence[VersionComparison] = ()) -> list[Table
     if run.summary is not None:
         tables += _personalization(run.summary)
         tables.append(_federation_from_summary(run.summary))
+        tables += _privacy(run.summary)
     elif run.rounds:
         tables.append(_federation_from_metrics(run.rounds))
     if run.versions is not None:
@@ -111,6 +113,8 @@ def _personalization(s: dict[str, Any]) -> list[Table]:
 def _federation_from_summary(s: dict[str, Any]) -> Table:
     return Table("Federation", ("",), (
         Row("rounds", (_cell(s, "rounds", "count"),)),
+        *([Row("rounds run", (_cell(s, "rounds_run", "count"),))]
+          if "rounds_run" in s else []),
         Row("global accuracy before round 1", (_cell(s, "global_accuracy_initial", "percent"),)),
         Row("global accuracy after the last round",
             (_cell(s, "global_accuracy_final", "percent"),),
@@ -119,6 +123,27 @@ def _federation_from_summary(s: dict[str, Any]) -> Table:
         Row("device rounds per second", (_cell(s, "device_rounds_per_s", "rate"),)),
         Row("wall time", (_cell(s, "wall_s", "seconds"),)),
     ))
+
+
+def _privacy(s: dict[str, Any]) -> list[Table]:
+    """What the run spent: user-level DP at the server, DP-SGD on the devices."""
+    rows = []
+    if isinstance(s.get("privacy"), dict):
+        rows += [Row(f"server: {label}", (_cell(s, f"privacy.{key}", "number"),))
+                 for label, key in (("epsilon (RDP)", "epsilon_rdp"),
+                                    ("epsilon (PLD)", "epsilon_pld"), ("delta", "delta"),
+                                    ("noise multiplier", "noise_multiplier"),
+                                    ("sampling rate q", "sampling_rate"))]
+    if isinstance(s.get("device_privacy"), dict):
+        rows += [Row(f"devices: {label}", (_cell(s, f"device_privacy.{key}", unit),))
+                 for label, key, unit in (
+                     ("DP-SGD devices", "devices", "count"),
+                     ("epsilon, worst device", "epsilon_max", "number"),
+                     ("epsilon, median device", "epsilon_median", "number"),
+                     ("delta", "delta", "number"),
+                     ("noise multiplier", "noise_multiplier", "number"),
+                     ("clip norm", "clip_norm", "number"))]
+    return [Table("Privacy spent", ("",), tuple(rows))] if rows else []
 
 
 def _federation_from_metrics(rounds: list[dict[str, Any]]) -> Table:

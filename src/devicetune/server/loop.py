@@ -20,6 +20,7 @@ import numpy as np
 from devicetune.fleet.messages import (
     ARRAYS,
     METRICS,
+    NUM_EXAMPLES,
     TrainInstructions,
     record_to_weights,
     weights_to_record,
@@ -68,6 +69,8 @@ class FederatedLoop:
         round_timeout_s: how long the grid waits for replies.
         min_devices: valid updates a round needs to be aggregated (its quorum); below
             it the weights stay and the record says ``quorum: false``.
+        privacy: a `PrivacyGuard` when user-level DP is on: the budget gate before a
+            round, Poisson sampling of devices, the ledger after a released aggregate.
     """
 
     strategy: Any
@@ -80,16 +83,28 @@ class FederatedLoop:
     seed: int = 0
     round_timeout_s: float | None = None
     min_devices: int = 1
+    privacy: Any = None
+    # Per device that trained with DP-SGD: (steps so far, local examples).
+    device_dp_steps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def run_round(self, grid: Any, server_round: int, attempt: int = 0) -> RoundRecord:
         """One attempt at ``server_round`` (a retry, ``attempt`` > 0, samples afresh)."""
         from flwr.app import ConfigRecord
 
         start = time.perf_counter()
+        sampling_rate = None
+        if self.privacy is not None:
+            self.privacy.before_round()  # raises PrivacyBudgetExceeded
+            sampling_rate = self.privacy.sampling_rate
         if hasattr(grid, "begin_round"):
-            grid.begin_round(server_round)
+            if sampling_rate is None:
+                grid.begin_round(server_round)
+            else:
+                grid.begin_round(server_round, sampling_rate=sampling_rate)
         online = len(list(grid.get_node_ids()))
-        set_sample_size(self.strategy, min(self.devices_per_round, online))
+        # Under DP the grid already chose the round's devices by Poisson sampling.
+        set_sample_size(self.strategy, online if sampling_rate is not None
+                        else min(self.devices_per_round, online))
         # Flower samples with the `random` module; seed it per round for reproducibility.
         random.seed(hash((self.seed, server_round)) if attempt == 0
                     else hash((self.seed, server_round, attempt)))
@@ -108,10 +123,14 @@ class FederatedLoop:
         replies = [r for r in replies if not r.has_error()]
         valid, rejected, losses = self._validate(replies)
         quorum = len(valid) >= self.min_devices
+        extra: dict[str, Any] = {} if quorum else {"quorum": False}
         if valid and quorum:
             arrays, _ = self.strategy.aggregate_train(server_round, valid)
             if arrays is not None:
                 self.weights = [w.astype(np.float32) for w in record_to_weights(arrays)[1]]
+                if self.privacy is not None:  # an aggregate was released: account it
+                    extra.update(self.privacy.after_round(server_round,
+                                                          self.strategy.last["clip_norm"]))
         evaluation = self.evaluate(self.weights)
         return RoundRecord(
             round=server_round, sampled=len(messages), completed=len(valid),
@@ -119,7 +138,7 @@ class FederatedLoop:
             global_accuracy=evaluation.get("accuracy"),
             mean_local_loss=float(np.mean(losses)) if losses else None,
             wall_s=round(time.perf_counter() - start, 4),
-            extra={} if quorum else {"quorum": False},
+            extra=extra,
         )
 
     def _validate(self, replies: list[Any]) -> tuple[list[Any], int, list[float]]:
@@ -138,5 +157,11 @@ class FederatedLoop:
                 rejected += 1
                 continue
             valid.append(reply)
-            losses.append(float(reply.content[METRICS].get("train-loss", np.nan)))
+            metrics = reply.content[METRICS]
+            losses.append(float(metrics.get("train-loss", np.nan)))
+            if "dp-steps" in metrics and "device-id" in metrics:
+                device = int(metrics["device-id"])
+                steps, _ = self.device_dp_steps.get(device, (0, 0))
+                self.device_dp_steps[device] = (steps + int(metrics["dp-steps"]),
+                                                int(metrics[NUM_EXAMPLES]))
         return valid, rejected, losses

@@ -133,3 +133,32 @@ class PrivacyGuard:
             sampling_rate=self.sampling_rate, gate_accountant=self.privacy.accountant)
         return {"epsilon_rdp": entry.epsilon_rdp, "epsilon_pld": entry.epsilon_pld,
                 "delta": self.privacy.delta}
+
+
+def private_setup(config: Any, strategy: Any, devices: int, seed: int | None,
+                  ledger: PrivacyLedger | None = None) -> tuple[Any, PrivacyGuard | None]:
+    """Wrap ``strategy`` for user-level DP when ``config.privacy.mode`` asks for it.
+
+    Args:
+        config: the whole config (privacy, server and strategy choice).
+        devices: the population size; q = devices_per_round / devices.
+        seed: seeds the noise in a simulation; None (a real server) draws it from the
+            operating system's entropy.
+        ledger: the committed ledger of a resumed run.
+
+    Returns:
+        The strategy to use and the guard for the loop (None when DP is off).
+    """
+    from devicetune.errors import ConfigError
+
+    privacy = config.privacy
+    if privacy.mode == "off":
+        return strategy, None
+    if config.server.strategy != "fedavg":
+        raise ConfigError(f"privacy.mode = {privacy.mode!r} aggregates with DP-FedAvg; set "
+                          f"server.strategy = 'fedavg' (not {config.server.strategy!r})")
+    sampling_rate = min(1.0, config.server.devices_per_round / devices)
+    rng = np.random.default_rng(None if seed is None else np.random.SeedSequence([seed, 13]))
+    wrapped = PrivateAggregation(strategy, privacy, expected_devices=sampling_rate * devices,
+                                 rng=rng)
+    return wrapped, PrivacyGuard(privacy, sampling_rate, ledger)

@@ -53,5 +53,6 @@ def make_strategy(server: ServerConfig) -> Any:
 def set_sample_size(strategy: Any, size: int) -> None:
     """Sample ``size`` devices in the next round (fewer may be online than asked for;
     Flower would otherwise wait for them to connect)."""
-    strategy.min_train_nodes = size
-    strategy.min_available_nodes = size
+    inner = getattr(strategy, "inner", strategy)  # through a DP wrapper
+    inner.min_train_nodes = size
+    inner.min_available_nodes = size
