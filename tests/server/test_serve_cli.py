@@ -114,3 +114,13 @@ def test_secagg_with_a_robust_strategy(tmp_path: Path, small_artifacts: Path) ->
 def test_device_misuse(tmp_path: Path, args: list[str], fragment: str) -> None:
     config, _ = serve_config(tmp_path)
     _one_line_error(run_cli("device", str(config), *args), fragment)
+
+
+def test_resuming_a_finished_federation_does_nothing(tmp_path: Path,
+                                                     small_artifacts: Path) -> None:
+    config, _ = serve_config(tmp_path, rounds=2)
+    out = tmp_path / "run"
+    _committed(out)  # round 2 of 2
+    result = _serve(config, out, "--resume", "--artifacts", str(small_artifacts))
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do: all 2 rounds are committed" in result.stdout

@@ -74,6 +74,13 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
     out_dir = Path(out_dir).resolve()
     with hold_run_folder(out_dir, wait_s=15.0):  # only checks: the ServerApp holds it
         first_round = _check_state(out_dir, resume, config.server.strategy)
+    if first_round > config.server.rounds:
+        say(f"nothing to do: all {config.server.rounds} rounds are committed in {out_dir}; "
+            "raise server.rounds to continue")
+        from devicetune.server.federation import read_outcome
+
+        return ServeResult(out_dir, read_outcome(out_dir) or {}, _rows(out_dir /
+                                                                       "metrics.jsonl"))
     check_port_free(config.server.host, config.server.port)
     artifacts = _artifacts(config, out_dir, data_dir, artifacts, resume, say)
     if resume:
