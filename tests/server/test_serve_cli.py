@@ -73,7 +73,7 @@ def test_resume_with_a_corrupt_state(tmp_path: Path, small_artifacts: Path) -> N
 @pytest.mark.parametrize("mismatch", ["strategy", "artifacts"])
 def test_resume_with_a_state_of_another_run(tmp_path: Path, small_artifacts: Path,
                                             mismatch: str) -> None:
-    config, _ = serve_config(tmp_path)
+    config, _ = serve_config(tmp_path, rounds=3)  # the state is at round 2
     out = tmp_path / "run"
     _committed(out, strategy="fedadam" if mismatch == "strategy" else "fedavg")
     result = _serve(config, out, "--resume", "--artifacts", str(small_artifacts))
