@@ -142,11 +142,17 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         summary["device_privacy"] = device_privacy(loop.device_dp_steps, artifacts,
                                                    config.privacy.delta)
     if privacy is not None:
-        spent = privacy.accountant.epsilons()
-        summary["privacy"] = {"epsilon_rdp": spent.rdp, "epsilon_pld": spent.pld,
+        # From the rounds as recorded: the flower engine's ServerApp kept its own ledger.
+        spent = [r for r in rounds if "epsilon_rdp" in r]
+        summary["privacy"] = {"epsilon_rdp": spent[-1]["epsilon_rdp"] if spent else 0.0,
+                              "epsilon_pld": spent[-1]["epsilon_pld"] if spent else 0.0,
                               "delta": config.privacy.delta,
                               "noise_multiplier": config.privacy.noise_multiplier,
                               "sampling_rate": privacy.sampling_rate}
+        outcome = out_dir / "outcome.json"
+        if stopped is None and outcome.exists():
+            stopped = json.loads(outcome.read_text()).get("message") or None
+            summary["stopped"] = stopped
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     np.savez(out_dir / "global_weights.npz",
              **dict(zip(loop.names, loop.weights, strict=True)))
@@ -292,23 +298,33 @@ def _check_fits(population: Population, artifacts: Path) -> None:
 
 def global_evaluator(config: DevicetuneConfig, population: Population,
                      runtime: DeviceRuntime, data_dir: Path
-                     ) -> Callable[[list[np.ndarray]], dict[str, float]]:
+                     ) -> Callable[[list[np.ndarray]], dict[str, Any]]:
     """Global accuracy on the future data of a fixed sample of devices (features are
     computed once: the backbone is frozen). The devices are those personalization is
     measured on: when they are other people than the fleet's, the set is held out."""
     assert config.fleet is not None
     population, _ = personalization_population(config, population, data_dir)
-    features, labels = [], []
+    features, labels, platforms, tiers = [], [], [], []
     for device_id in population.sample_ids(config.fleet.eval_devices, salt=0):
         test = population.local_data(device_id).test
+        profile = population.profile(device_id)
         features.append(runtime.features(test.x))
         labels.append(test.y)
+        platforms += [profile.platform] * len(test)
+        tiers += [profile.tier] * len(test)
     x, y = np.concatenate(features), np.concatenate(labels)
+    cohorts = {"by_platform": np.array(platforms), "by_tier": np.array(tiers)}
 
-    def evaluate(weights: list[np.ndarray]) -> dict[str, float]:
+    def evaluate(weights: list[np.ndarray]) -> dict[str, Any]:
+        """Overall loss and accuracy, and accuracy per platform and per compute tier
+        (the cohorts a new version must not regress)."""
         runtime.set_weights(weights)
         loss, accuracy = runtime.evaluate(x, y)
-        return {"accuracy": accuracy, "loss": loss}
+        result: dict[str, Any] = {"accuracy": accuracy, "loss": loss}
+        for key, members in cohorts.items():
+            result[key] = {str(c): runtime.evaluate(x[members == c], y[members == c])[1]
+                           for c in np.unique(members)}
+        return result
 
     return evaluate
 

@@ -53,11 +53,13 @@ def run_server(grid: Any, settings: Any) -> list[np.ndarray]:
 def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     from devicetune.artifacts.manifest import sha256_file
     from devicetune.config import load_config
+    from devicetune.errors import PrivacyBudgetExceeded
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
     from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
     from devicetune.server.fleet_grid import FleetGrid
     from devicetune.server.loop import FederatedLoop
+    from devicetune.server.private import private_setup
     from devicetune.server.quorum import QuorumFailure, QuorumPolicy, run_round_with_quorum
     from devicetune.server.secagg import SecAggRound, check_secagg_config
     from devicetune.server.state import hold_run_folder
@@ -71,9 +73,11 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
     reference = next(iter(open_runtimes(settings.artifacts, {"android": 1.0}, rate).values()))
     evaluate = global_evaluator(config, population, reference, settings.data_dir)
-    strategy = make_strategy(config.server)
+    # A real server draws its DP noise from the operating system's entropy.
+    strategy, privacy = private_setup(config, make_strategy(config.server),
+                                      population.devices, seed=None)
     loop = FederatedLoop(
-        strategy=strategy, names=reference.weight_names,
+        strategy=strategy, privacy=privacy, names=reference.weight_names,
         weights=reference.get_weights(), devices_per_round=config.server.devices_per_round,
         instructions=TrainInstructions(0, config.fleet.local_epochs, rate,
                                        config.server.proximal_mu,
@@ -92,16 +96,24 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
                                             population.devices), policy.join_timeout_s)
         log.info("%d devices joined; rounds %d to %d", joined, first, config.server.rounds)
         run_round = SecAggRound(loop) if config.server.secagg else None
+        emitter = _emitter(config, settings, out, loop, evaluate)
         outcome = {"status": "completed", "message": "", "rounds": config.server.rounds,
                    "last_round": first - 1}
         for server_round in range(first, config.server.rounds + 1):
-            result = run_round_with_quorum(loop, fleet, server_round, policy, run_round)
+            try:
+                result = run_round_with_quorum(loop, fleet, server_round, policy, run_round)
+            except PrivacyBudgetExceeded as exc:  # the gate: no more training, no emit
+                outcome.update(status="stopped", message=str(exc))
+                log.error("%s", exc)
+                break
             if isinstance(result, QuorumFailure):
                 outcome.update(status="stopped", message=result.describe())
                 log.error("%s", result.describe())
                 break
             _commit_round(out, result, loop, config.server.strategy, artifact_sha256)
             outcome["last_round"] = server_round
+            if emitter is not None and server_round % config.emit.every_rounds == 0:
+                _emit(emitter, config, loop, evaluate, server_round)
         np.savez(out / "global_weights.npz", **dict(zip(loop.names, loop.weights, strict=True)))
         atomic_write_json(out / OUTCOME_FILE, outcome)  # last: `serve` waits for it
         _finished.set()
@@ -128,10 +140,71 @@ def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str
                     where=out / "server_state.npz")
     loop.weights = [np.asarray(w, np.float32) for w in state.weights]
     restore_optimizer_state(loop.strategy, state.optimizer)
+    if loop.privacy is not None:
+        _restore_privacy(loop, state.privacy, out)
     dropped = trim_metrics(out, state.round)
     log.info("resuming after round %d (%d uncommitted metrics rows dropped)", state.round,
              dropped)
     return state.round + 1
+
+
+def _restore_privacy(loop: Any, saved: dict[str, Any] | None, out: Path) -> None:
+    """Continue the committed ledger, so epsilon never goes down across a crash."""
+    from devicetune.errors import ServerError
+    from devicetune.privacy.ledger import PrivacyLedger
+    from devicetune.server.private import PrivacyGuard
+
+    if saved is None:
+        raise ServerError(f"{out / 'server_state.npz'}: this run was committed without a "
+                          "privacy ledger but the config turns DP on; resume it with the "
+                          "same [privacy] section, or start a new run folder")
+    ledger = PrivacyLedger.from_dict(saved["ledger"])
+    loop.privacy = PrivacyGuard(loop.privacy.privacy, loop.privacy.sampling_rate, ledger)
+    loop.strategy.restore(saved.get("aggregation", {}))
+
+
+def _emitter(config: Any, settings: Any, out: Path, loop: Any, evaluate: Any) -> Any:
+    """The version emitter when ``[emit]`` is on (the build is published as version 1,
+    measured with the weights the fleet starts from)."""
+    if not config.emit.enabled:
+        return None
+    from devicetune.artifacts.emit import VersionEmitter
+    from devicetune.device.runtime import LiteRTDevice
+
+    start = LiteRTDevice(Path(settings.artifacts) / "model.tflite", 0.0).get_weights()
+    return VersionEmitter(config, Path(settings.artifacts), out, evaluate(start))
+
+
+def _emit(emitter: Any, config: Any, loop: Any, evaluate: Any, server_round: int) -> None:
+    """Offer the round's global model as the next version: the privacy gate first."""
+    from devicetune.artifacts.manifest import PrivacyEntry
+    from devicetune.errors import DevicetuneError, PrivacyBudgetExceeded
+    from devicetune.privacy.gate import check_emit
+
+    refused, entry = None, None
+    if loop.privacy is not None:
+        try:
+            spent = check_emit(config.privacy, loop.privacy.accountant)
+        except PrivacyBudgetExceeded as exc:
+            refused = str(exc)
+        else:
+            entry = PrivacyEntry(
+                epsilon=spent.of(config.privacy.accountant), delta=config.privacy.delta,
+                accountant=config.privacy.accountant,
+                noise_multiplier=config.privacy.noise_multiplier,
+                clip_norm=loop.strategy.clip_norm, rounds=loop.privacy.accountant.rounds,
+                sampling_rate=loop.privacy.sampling_rate)
+    try:
+        outcome = emitter.emit(server_round, loop.weights, evaluate(loop.weights), entry,
+                               refused=refused)
+    except DevicetuneError as exc:  # a registry problem must not stop the federation
+        log.error("round %d: emitting a version failed: %s", server_round, exc)
+        return
+    if outcome.emitted:
+        log.info("round %d: emitted version %d", server_round, outcome.version)
+    else:
+        log.warning("round %d: version %d not emitted: %s", server_round, outcome.version,
+                    outcome.reason)
 
 
 def _commit_round(out: Path, record: Any, loop: Any, strategy_name: str,
@@ -152,7 +225,8 @@ def _commit_round(out: Path, record: Any, loop: Any, strategy_name: str,
         round=record.round, strategy=strategy_name, names=list(loop.names),
         weights=[np.asarray(w, np.float32) for w in loop.weights],
         artifact_sha256=artifact_sha256, optimizer=optimizer_state(loop.strategy),
-        privacy=None,  # issue 8: the privacy ledger's to_dict() is committed here
+        privacy=None if loop.privacy is None else {
+            "ledger": loop.privacy.ledger.to_dict(), "aggregation": loop.strategy.state()},
     ))
 
 

@@ -30,7 +30,7 @@ from devicetune.server.validation import update_problem
 
 log = logging.getLogger("devicetune.server")
 
-Evaluate = Callable[[list[np.ndarray]], dict[str, float]]
+Evaluate = Callable[[list[np.ndarray]], dict[str, Any]]
 
 
 @dataclass
