@@ -105,6 +105,17 @@ def test_secagg_with_a_robust_strategy(tmp_path: Path, small_artifacts: Path) ->
     _one_line_error(result, "secagg", "fedavg")
 
 
+def test_privacy_is_not_silently_dropped(tmp_path: Path, small_artifacts: Path) -> None:
+    config, settings = serve_config(tmp_path)
+    raw = settings.model_copy(update={"privacy": settings.privacy.model_copy(
+        update={"mode": "fixed"})})
+    from devicetune.config import to_toml
+
+    config.write_text(to_toml(raw))
+    result = _serve(config, tmp_path / "run", "--artifacts", str(small_artifacts))
+    _one_line_error(result, "privacy.mode")
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--superlink", "127.0.0.1:9092", "--device-id", "3"], "devices 0 to 2"),
     (["--superlink", "localhost", "--device-id", "0"], "HOST:PORT"),

@@ -61,14 +61,14 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     from devicetune.server.loop import FederatedLoop
     from devicetune.server.private import private_setup
     from devicetune.server.quorum import QuorumFailure, QuorumPolicy, run_round_with_quorum
-    from devicetune.server.secagg import SecAggRound, check_secagg_config
+    from devicetune.server.secagg import SecAggRound
     from devicetune.server.state import hold_run_folder
     from devicetune.server.strategies import make_strategy
 
     quiet_flower()
     config = load_config(settings.config)
     config.require("model", "fleet", command="the devicetune ServerApp")
-    check_secagg_config(config.server)
+    check_serve_config(config)
     population = Population.from_config(config.fleet, config.seed, settings.data_dir)
     rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
     reference = next(iter(open_runtimes(settings.artifacts, {"android": 1.0}, rate).values()))
@@ -118,6 +118,21 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
         atomic_write_json(out / OUTCOME_FILE, outcome)  # last: `serve` waits for it
         _finished.set()
     return loop.weights
+
+
+def check_serve_config(config: Any) -> None:
+    """Refuse what the served federation cannot honour (user errors, one line)."""
+    from devicetune.errors import ConfigError
+    from devicetune.server.secagg import check_secagg_config
+
+    check_secagg_config(config.server)
+    if config.privacy.mode != "off":
+        # Issue 8 commits the privacy ledger into the round state; until then a served
+        # run must not look private when it is not.
+        raise ConfigError(f"privacy.mode = {config.privacy.mode!r} is not applied by the "
+                          "devicetune ServerApp yet (serve, flwr run, simulate --engine "
+                          "flower); simulate with the inline or vectorized engine, or set "
+                          "privacy.mode = 'off'")
 
 
 def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str) -> int:

@@ -63,13 +63,13 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
             resume (or one to overwrite), or the run stopped short of its rounds.
     """
     from devicetune.config import load_config, to_toml
+    from devicetune.server.federation import check_serve_config
     from devicetune.server.processes import SuperLink, Transport, check_port_free
-    from devicetune.server.secagg import check_secagg_config
     from devicetune.server.state import hold_run_folder
 
     config = load_config(config_path)
     config.require("model", "fleet", command="devicetune serve")
-    check_secagg_config(config.server)
+    check_serve_config(config)
     transport = Transport.for_server(config.server)
     out_dir = Path(out_dir).resolve()
     with hold_run_folder(out_dir, wait_s=15.0):  # only checks: the ServerApp holds it
