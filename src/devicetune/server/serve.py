@@ -1,4 +1,4 @@
-"""`devicetune serve` and `devicetune device`: a federation of real Flower processes.
+"""`devicetune serve`: a federation of real Flower processes, run to its last round.
 
 ``serve`` checks everything a user can get wrong before it starts a process (config,
 TLS files, port, artifacts, the state to resume), then starts a SuperLink on the
