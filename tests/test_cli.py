@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import PROJECT_ROOT, run_cli
 
 HEAVY = ("tensorflow", "coremltools", "ray", "flwr.simulation", "keras")
@@ -60,15 +58,6 @@ def test_usage_error_exits_2() -> None:
     result = run_cli("fleet")
     assert result.returncode == 2
     assert "Missing argument" in result.stderr
-
-
-@pytest.mark.parametrize("args", [
-    ["serve", "x.toml", "--out", "y"],
-])
-def test_commands_not_built_yet_say_so_with_exit_2(args: list[str]) -> None:
-    result = run_cli(*args)
-    assert result.returncode == 2
-    assert "not built yet" in result.stderr
 
 
 def test_module_and_script_entry_points_agree() -> None:

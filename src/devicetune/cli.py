@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-from devicetune.errors import DevicetuneError, NotBuiltYet
+from devicetune.errors import DevicetuneError
 
 app = typer.Typer(
     name="devicetune",
@@ -54,10 +54,6 @@ def _quiet_tensorflow() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
-
-def _not_built(command: str, issue: int) -> NoReturn:
-    raise NotBuiltYet(f"`devicetune {command}` is not built yet (issue {issue})")
 
 
 @app.command()

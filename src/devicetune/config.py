@@ -301,6 +301,9 @@ class ServerConfig(_Section):
     max_update_norm: PositiveFloat = Field(100.0, description="updates above are rejected")
     min_devices: int = Field(2, ge=1, description="replies a round needs")
     round_timeout_s: PositiveFloat = 120.0
+    initial_head: Literal["artifact", "fresh"] = Field(
+        "artifact", description="start from the build's head, or federate one from scratch"
+    )
     on_quorum_failure: Literal["retry", "stop"] = "stop"
     max_retries: int = Field(2, ge=0)
     secagg: bool = False

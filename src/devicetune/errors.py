@@ -14,8 +14,7 @@
     │   ├── VersionExists           publishing a version that exists (never overwritten)
     │   └── NotInRegistry           no such model, version or file
     ├── ServerError                 the federation cannot go on (quorum, resume state)
-    ├── RunFolderError              a folder is not a simulate/serve run, or unwritable
-    └── NotBuiltYet                 a command whose issue has not landed yet
+    └── RunFolderError              a folder is not a simulate/serve run, or unwritable
 
 Messages say what is wrong and what to change; they never need a traceback to be
 understood.
@@ -77,17 +76,12 @@ class RunFolderError(DevicetuneError):
     report cannot be written into it."""
 
 
-class NotBuiltYet(DevicetuneError):
-    """A command exists in the CLI but its capability has not been built yet."""
-
-
 __all__ = [
     "ArtifactError",
     "ConfigError",
     "DataError",
     "DevicetuneError",
     "ExportError",
-    "NotBuiltYet",
     "NotInRegistry",
     "ParityError",
     "PrivacyBudgetExceeded",

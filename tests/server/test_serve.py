@@ -127,6 +127,45 @@ def test_a_killed_server_resumes_where_it_committed(
                                                                               abs=1e-6)
 
 
+def test_the_privacy_ledger_survives_a_killed_server(
+        tmp_path: Path, federation: Federation, small_artifacts: Path) -> None:
+    """With DP on, the ledger is committed with every round: after a SIGKILL and
+    `--resume` the committed entries are unchanged and epsilon only grows."""
+    from devicetune.privacy.accounting import epsilon
+
+    config_path, config = serve_config(
+        tmp_path, rounds=4, privacy={"mode": "fixed", "noise_multiplier": 1.5,
+                                     "clip_norm": 1.0})
+    out = tmp_path / "run"
+    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
+    for device_id in range(3):
+        federation.device(config_path, config.server.port, device_id)
+
+    def ledger() -> list[dict]:
+        try:
+            return load_state(out).privacy["ledger"]["entries"]
+        except Exception:  # not written yet
+            return []
+
+    wait_for(lambda: len(ledger()) >= 2 or server.poll() is not None, "round 2 committed")
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+    before = ledger()
+    assert len(before) >= 2
+    wait_for(lambda: port_is_free(config.server.port), "the old SuperLink to exit", 30)
+    resumed = federation.serve(config_path, out, "--resume", "--artifacts",
+                               str(small_artifacts), log_name="resumed")
+    assert federation.wait(resumed) == 0, federation.output(resumed)
+    after = ledger()
+    assert [e["round"] for e in after] == [1, 2, 3, 4]
+    assert after[:len(before)] == before  # nothing committed changed
+    epsilons = [e["epsilon_rdp"] for e in after]
+    assert epsilons == sorted(epsilons)
+    # q = 3 devices per round / 3 devices: every round is the full-participation event.
+    assert epsilons[-1] == pytest.approx(epsilon(4, 1.5, 1.0, 1e-5, "rdp"), rel=1e-9)
+    assert [r["epsilon_rdp"] for r in metrics_rows(out)] == epsilons
+
+
 def test_bad_updates_from_real_devices_are_rejected_and_counted(
         tmp_path: Path, federation: Federation, small_artifacts: Path) -> None:
     """Four SuperNodes: one honest, one sending NaN, one a wrong shape, one an update

@@ -105,15 +105,16 @@ def test_secagg_with_a_robust_strategy(tmp_path: Path, small_artifacts: Path) ->
     _one_line_error(result, "secagg", "fedavg")
 
 
-def test_privacy_is_not_silently_dropped(tmp_path: Path, small_artifacts: Path) -> None:
+def test_central_dp_with_secagg_is_refused(tmp_path: Path, small_artifacts: Path) -> None:
     config, settings = serve_config(tmp_path)
-    raw = settings.model_copy(update={"privacy": settings.privacy.model_copy(
-        update={"mode": "fixed"})})
+    raw = settings.model_copy(update={
+        "privacy": settings.privacy.model_copy(update={"mode": "fixed"}),
+        "server": settings.server.model_copy(update={"secagg": True})})
     from devicetune.config import to_toml
 
     config.write_text(to_toml(raw))
     result = _serve(config, tmp_path / "run", "--artifacts", str(small_artifacts))
-    _one_line_error(result, "privacy.mode")
+    _one_line_error(result, "secagg")
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

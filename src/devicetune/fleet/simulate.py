@@ -92,6 +92,10 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     runtimes = open_runtimes(artifacts, config.fleet.platform_mix, learning_rate)
     reference = runtimes["android"] if "android" in runtimes else next(iter(runtimes.values()))
     initial = reference.get_weights()
+    if config.server.initial_head == "fresh":
+        from devicetune.model.head import fresh_like
+
+        initial = fresh_like(initial, config.seed)
 
     progress.stage("preparing the evaluation devices", None)
     evaluate = global_evaluator(config, population, reference, data_dir)
@@ -107,6 +111,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
             learning_rate=learning_rate, proximal_mu=config.server.proximal_mu,
             private=config.privacy.device.enabled),
         max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
+        min_devices=config.server.min_devices,
     )
     initial_accuracy = evaluate(initial)["accuracy"]
     metrics_path = out_dir / METRICS_FILE

@@ -33,3 +33,16 @@ def head_as_numpy_forward(layers: list[DenseParams], features: np.ndarray) -> np
     hidden -= hidden.max(axis=1, keepdims=True)
     exp = np.exp(hidden)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fresh_like(weights: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    """Untrained weights of the same shapes: Glorot-uniform kernels, zero biases."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 14]))
+    fresh = []
+    for w in weights:
+        if w.ndim == 2:
+            limit = np.sqrt(6.0 / (w.shape[0] + w.shape[1]))
+            fresh.append(rng.uniform(-limit, limit, size=w.shape).astype(np.float32))
+        else:
+            fresh.append(np.zeros_like(w, dtype=np.float32))
+    return fresh

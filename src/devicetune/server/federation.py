@@ -78,7 +78,8 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
                                       population.devices, seed=None)
     loop = FederatedLoop(
         strategy=strategy, privacy=privacy, names=reference.weight_names,
-        weights=reference.get_weights(), devices_per_round=config.server.devices_per_round,
+        weights=_initial_weights(config, reference.get_weights()),
+        devices_per_round=config.server.devices_per_round,
         instructions=TrainInstructions(0, config.fleet.local_epochs, rate,
                                        config.server.proximal_mu,
                                        config.privacy.device.enabled),
@@ -126,13 +127,20 @@ def check_serve_config(config: Any) -> None:
     from devicetune.server.secagg import check_secagg_config
 
     check_secagg_config(config.server)
-    if config.privacy.mode != "off":
-        # Issue 8 commits the privacy ledger into the round state; until then a served
-        # run must not look private when it is not.
-        raise ConfigError(f"privacy.mode = {config.privacy.mode!r} is not applied by the "
-                          "devicetune ServerApp yet (serve, flwr run, simulate --engine "
-                          "flower); simulate with the inline or vectorized engine, or set "
-                          "privacy.mode = 'off'")
+    if config.server.secagg and config.privacy.mode != "off":
+        # Central DP clips each device's update; under SecAgg+ the server never sees one.
+        raise ConfigError("server.secagg = true hides each device's update, so the server "
+                          "cannot clip it for privacy.mode = "
+                          f"{config.privacy.mode!r}; use one or the other")
+
+
+def _initial_weights(config: Any, artifact: list[np.ndarray]) -> list[np.ndarray]:
+    """The artifact's head, or a fresh one when the federation learns it from scratch."""
+    if config.server.initial_head == "fresh":
+        from devicetune.model.head import fresh_like
+
+        return fresh_like(artifact, config.seed)
+    return artifact
 
 
 def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str) -> int:
