@@ -43,10 +43,11 @@ def port_is_free(port: int) -> bool:
 
 
 def serve_config(tmp_path: Path, name: str = "serve.toml", privacy: dict | None = None,
-                 **server: Any) -> tuple[Path, DevicetuneConfig]:
+                 emit: dict | None = None, **server: Any) -> tuple[Path, DevicetuneConfig]:
     """The small config as a local federation of 3 devices on a free port."""
     sections = {"fleet": {"devices": server.pop("devices", 3)},
                 **({"privacy": privacy} if privacy else {}),
+                **({"emit": emit} if emit else {}),
                 "server": {"rounds": 2, "devices_per_round": 3, "min_devices": 2,
                            "port": free_port(), "insecure": True, "round_timeout_s": 60,
                            **server}}

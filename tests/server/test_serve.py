@@ -166,6 +166,45 @@ def test_the_privacy_ledger_survives_a_killed_server(
     assert [r["epsilon_rdp"] for r in metrics_rows(out)] == epsilons
 
 
+def test_serve_emits_a_signed_version_that_an_app_downloads_and_runs(
+        tmp_path: Path, federation: Federation, small_artifacts: Path) -> None:
+    """End to end: rounds over real processes, a version emitted into the registry,
+    served over HTTP, fetched and verified by a client, and its TFLite model run."""
+    from devicetune.artifacts.keys import generate_key_pair
+    from devicetune.device.litert import LiteRTModel
+    from devicetune.registry import Registry, RegistryClient, RegistryServer
+
+    keys = generate_key_pair(tmp_path / "keys")
+    config_path, config = serve_config(
+        tmp_path, rounds=2, emit={"enabled": True, "registry": str(tmp_path / "registry"),
+                                  "private_key": str(keys.private_key),
+                                  "every_rounds": 2, "max_regression": 1.0})
+    out = tmp_path / "run"
+    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
+    for device_id in range(3):
+        federation.device(config_path, config.server.port, device_id)
+    assert federation.wait(server) == 0, federation.output(server)
+    versions = [json.loads(line) for line in (out / "versions.jsonl").read_text()
+                .splitlines()]
+    assert [(v["version"], v["emitted"], v["round"]) for v in versions] == [
+        (1, True, 0), (2, True, 2)]
+    with RegistryServer(Registry(tmp_path / "registry"), token=None) as registry:
+        client = RegistryClient(registry.url)
+        latest = client.latest("small", device_id="phone-1", platform="android")
+        assert latest.version == 2
+        manifest = client.fetch("small", 2, tmp_path / "app", public_key=keys.public_key)
+    assert manifest.parent_version == 1
+    lite = LiteRTModel(tmp_path / "app" / "model.tflite")
+    served = saved_weights(out)
+    stored = lite.get_weights()
+    for name, expected in zip(sorted(stored, key=lambda n: (int(n[5:n.index("_")]),
+                                                            n.endswith("bias"))),
+                              served, strict=True):
+        np.testing.assert_array_equal(stored[name], expected)
+    probabilities = lite.infer(np.zeros((1, 128, 9), np.float32))
+    assert probabilities.shape == (1, 6)
+
+
 def test_bad_updates_from_real_devices_are_rejected_and_counted(
         tmp_path: Path, federation: Federation, small_artifacts: Path) -> None:
     """Four SuperNodes: one honest, one sending NaN, one a wrong shape, one an update
