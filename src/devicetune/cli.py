@@ -217,6 +217,49 @@ def privacy_plan(
     typer.echo(format_plan(rows, epsilon, delta, sampling_rate))
 
 
+@registry_app.command("rollout")
+def registry_rollout(
+    name: Annotated[str, typer.Argument(help="The model.")],
+    root: Annotated[Path, typer.Option(help="Registry folder.")],
+    default: Annotated[int | None, typer.Option(
+        help="Version for devices in no arm (default: the newest).")] = None,
+    arm: Annotated[list[str] | None, typer.Option(
+        help="VERSION:PERCENT[:COHORT], e.g. 4:10 or 4:25:A; repeat for more arms.")]
+    = None,
+) -> None:
+    """Stage a rollout: which share of devices gets which version (stable per device)."""
+    from pydantic import ValidationError
+
+    from devicetune.config import describe_validation_error
+    from devicetune.errors import ConfigError
+    from devicetune.registry import Registry
+    from devicetune.registry.rollout import RolloutArm, RolloutPolicy
+
+    arms = []
+    for text in arm or []:
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise ConfigError(f"--arm {text!r}: expected VERSION:PERCENT or "
+                              "VERSION:PERCENT:COHORT, e.g. 4:10")
+        try:
+            arms.append(RolloutArm(version=int(parts[0]), percent=float(parts[1]),
+                                   cohort=parts[2] if len(parts) == 3 else None))
+        except (ValueError, ValidationError) as exc:
+            detail = describe_validation_error(exc, None) if isinstance(
+                exc, ValidationError) else str(exc)
+            raise ConfigError(f"--arm {text!r}: {detail}") from None
+    try:
+        policy = RolloutPolicy(default_version=default, arms=arms)
+    except ValidationError as exc:
+        raise ConfigError(f"rollout: {describe_validation_error(exc, None)}") from None
+    Registry(root).set_rollout(name, policy)
+    shares = ", ".join(f"v{a.version} to {a.percent:g}%" + (f" (cohort {a.cohort})"
+                                                             if a.cohort else "")
+                       for a in arms) or "no staged arms"
+    print(f"{name}: {shares}; everyone else gets "
+          f"{'v' + str(default) if default else 'the newest version'}")
+
+
 @registry_app.command("serve")
 def registry_serve(
     root: Annotated[Path, typer.Option(help="Registry folder.")],
