@@ -36,11 +36,14 @@ def head_as_numpy_forward(layers: list[DenseParams], features: np.ndarray) -> np
 
 
 def fresh_like(weights: list[np.ndarray], seed: int) -> list[np.ndarray]:
-    """Untrained weights of the same shapes: Glorot-uniform kernels, zero biases."""
+    """Untrained weights of the same shapes: zero biases, Glorot-uniform hidden kernels,
+    and a zero classifier kernel, so the untrained head predicts every class alike
+    (a random classifier on large embeddings starts confidently wrong)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 14]))
+    last_kernel = max(i for i, w in enumerate(weights) if w.ndim == 2)
     fresh = []
-    for w in weights:
-        if w.ndim == 2:
+    for i, w in enumerate(weights):
+        if w.ndim == 2 and i != last_kernel:
             limit = np.sqrt(6.0 / (w.shape[0] + w.shape[1]))
             fresh.append(rng.uniform(-limit, limit, size=w.shape).astype(np.float32))
         else:
