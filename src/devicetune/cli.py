@@ -102,6 +102,9 @@ def simulate(
     = "inline",
     artifacts: Annotated[Path | None, typer.Option(
         help="Run this `devicetune build` folder instead of building one.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="--engine flower on a Ray cluster: its head's HOST:PORT (default: "
+        "$RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
     """Simulate a fleet of phones federating and personalising the exported artifacts."""
     from devicetune.config import load_config, resolve_data_dir
@@ -114,7 +117,8 @@ def simulate(
 
     with RichProgress() as progress:
         result = run_simulation(cfg, out, resolve_data_dir(data), engine=engine,
-                                artifacts=artifacts, progress=progress)
+                                artifacts=artifacts, progress=progress,
+                                ray_address=ray_address or os.environ.get("RAY_ADDRESS"))
     print_simulation(result)
 
 

@@ -60,12 +60,15 @@ class SimulationResult:
 
 def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
              engine: str = "inline", artifacts: Path | None = None,
-             progress: Progress | None = None) -> SimulationResult:
+             progress: Progress | None = None,
+             ray_address: str | None = None) -> SimulationResult:
     """Run the federated rounds and the personalization a config describes.
 
     Args:
         artifacts: a `devicetune build` folder to run; default: build into
             ``out_dir/artifacts``.
+        ray_address: with the flower engine, a running Ray cluster to use (HEAD:PORT);
+            default: a local Ray on this machine's cores.
 
     Raises:
         ConfigError: a section is missing or inconsistent.
@@ -117,7 +120,8 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     metrics_path = out_dir / METRICS_FILE
     stopped: str | None = None
     if engine == "flower":
-        final = _run_flower_engine(config, out_dir, artifacts, data_dir, population, progress)
+        final = _run_flower_engine(config, out_dir, artifacts, data_dir, population, progress,
+                                   ray_address)
         loop.weights = final
     else:
         grid = _grid(engine, config, population, runtimes, artifacts, progress)
@@ -217,8 +221,8 @@ def device_privacy(steps: dict[int, tuple[int, int]], artifacts: Path, delta: fl
 
 
 def _run_flower_engine(config: DevicetuneConfig, out_dir: Path, artifacts: Path,
-                       data_dir: Path, population: Population, progress: Progress
-                       ) -> list[np.ndarray]:
+                       data_dir: Path, population: Population, progress: Progress,
+                       ray_address: str | None = None) -> list[np.ndarray]:
     """The rounds through Flower's Simulation Engine (Ray): every device a virtual
     SuperNode running the devicetune ClientApp, the ServerApp running the same loop."""
     import os
@@ -232,12 +236,18 @@ def _run_flower_engine(config: DevicetuneConfig, out_dir: Path, artifacts: Path,
     progress.stage(f"{config.server.rounds} rounds in Flower's Simulation Engine (Ray)", None)
     # Ray workers are fresh processes: they find the data and import the same code.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # On a cluster, Ray is already running on every machine: connect to it (its size is
+    # the cluster's); alone, start a local Ray with this machine's cores.
+    init_args: dict[str, Any] = {"include_dashboard": False}
+    if ray_address:
+        init_args["address"] = ray_address
+    else:
+        init_args["num_cpus"] = os.cpu_count() or 1
     run_simulation(
         server_app=make_server_app(settings), client_app=make_client_app(settings),
         num_supernodes=population.devices,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": os.cpu_count() or 1,
-                                      "include_dashboard": False}},
+                        "init_args": init_args},
     )
     weights_file = out_dir / "global_weights.npz"
     if not weights_file.exists():
