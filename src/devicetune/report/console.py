@@ -10,6 +10,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -73,7 +74,7 @@ class RichProgress:
             MofNCompleteColumn(), TimeElapsedColumn(),
             console=Console(stderr=True), transient=False,
         )
-        self._task: object | None = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
