@@ -71,6 +71,9 @@ class QuorumFailure:
 RoundRunner = Callable[[Any, int, int], RoundRecord]
 
 
+_GRACE_S = 10.0
+
+
 def run_round_with_quorum(loop: FederatedLoop, grid: Any, server_round: int,
                           policy: QuorumPolicy, run_round: RoundRunner | None = None
                           ) -> RoundRecord | QuorumFailure:
@@ -89,7 +92,13 @@ def run_round_with_quorum(loop: FederatedLoop, grid: Any, server_round: int,
     attempts: list[RoundRecord] = []
     for attempt in range(policy.attempts):
         if wait_until_online is not None:
-            # Devices that left (or whose SuperNode restarted) get a timeout to return.
+            # SuperNodes reconnect a few seconds after a restart (theirs or the server's):
+            # give every known device a short grace, so a resumed round samples the
+            # devices an uninterrupted one would; then devices that left get a timeout
+            # to return, as far as the quorum needs them.
+            known = len(getattr(grid, "node_of", {}))
+            if known > policy.min_devices:
+                wait_until_online(known, min(_GRACE_S, policy.round_timeout_s))
             wait_until_online(policy.min_devices, policy.round_timeout_s)
         record = run_round(grid, server_round, attempt)
         attempts.append(record)
