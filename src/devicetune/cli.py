@@ -264,6 +264,40 @@ def registry_rollout(
           f"{'v' + str(default) if default else 'the newest version'}")
 
 
+@registry_app.command("fetch")
+def registry_fetch(
+    name: Annotated[str, typer.Argument(help="The model.")],
+    url: Annotated[str, typer.Option(help="The registry, e.g. http://127.0.0.1:8080.")],
+    public_key: Annotated[Path, typer.Option(help="PEM public key of the release key.")],
+    out: OutOpt,
+    device_id: Annotated[str, typer.Option(
+        help="Fetch the version the rollout gives this device.")] = "",
+    platform: Annotated[str | None, typer.Option(help="android or ios.")] = None,
+    version: Annotated[int | None, typer.Option(
+        help="Fetch this version instead of the device's latest.")] = None,
+    decryption_key: Annotated[Path | None, typer.Option(
+        help="The app's PEM private key, for an encrypted version.")] = None,
+) -> None:
+    """Download a version as an app would: the device's latest (or --version), every
+    file checked, the signature verified, decrypted if needed; OUT appears only then."""
+    from devicetune.errors import ConfigError
+    from devicetune.registry import RegistryClient
+
+    if version is None and not device_id:
+        raise ConfigError("give --device-id (its latest under the rollout) or --version")
+    with RegistryClient(url) as client:
+        if version is None:
+            answer = client.latest(name, device_id=device_id, platform=platform)
+            version = answer.version
+            print(f"{name}: device {device_id} gets version {version}"
+                  + (f" (cohort {answer.cohort})" if answer.cohort else ""))
+        manifest = client.fetch(name, version, out, public_key=public_key,
+                                decryption_key=decryption_key)
+    parent = f" (parent v{manifest.parent_version})" if manifest.parent_version else ""
+    print(f"{name} v{manifest.version}{parent}: signature and hashes verified; "
+          f"{', '.join(sorted(manifest.files))} in {out}")
+
+
 @registry_app.command("serve")
 def registry_serve(
     root: Annotated[Path, typer.Option(help="Registry folder.")],
