@@ -110,8 +110,9 @@ def simulate(
     from devicetune.config import load_config, resolve_data_dir
 
     cfg = load_config(config)
-    if artifacts is None or engine == "flower":  # building, or Flower's simulation: TF
-        _quiet_tensorflow()
+    ios = cfg.fleet is not None and cfg.fleet.platform_mix.get("ios", 0.0) > 0
+    if artifacts is None or engine == "flower" or ios:
+        _quiet_tensorflow()  # building, Flower's simulation, coremltools: all import TF
     from devicetune.fleet.simulate import simulate as run_simulation
     from devicetune.report.console import RichProgress, print_simulation
 
