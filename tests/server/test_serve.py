@@ -188,6 +188,9 @@ def test_serve_emits_a_signed_version_that_an_app_downloads_and_runs(
                 .splitlines()]
     assert [(v["version"], v["emitted"], v["round"]) for v in versions] == [
         (1, True, 0), (2, True, 2)]
+    stdout, _ = federation.output(server)
+    assert "version 1 emitted (the build)" in stdout and \
+        "version 2 emitted (parent v1), global accuracy" in stdout, stdout
     with RegistryServer(Registry(tmp_path / "registry"), token=None) as registry:
         client = RegistryClient(registry.url)
         latest = client.latest("small", device_id="phone-1", platform="android")

@@ -219,15 +219,21 @@ def _follow(out_dir: Path, superlink: Any, run_id: int, flwr_home: Path, rounds:
             committed: int, say: Callable[[str], None]) -> ServeResult:
     """Print each round the ServerApp commits (after the ``committed`` ones) until it
     says how the run ended."""
+    from devicetune.artifacts.emit import VERSIONS_FILE
     from devicetune.server.federation import read_outcome
 
     metrics, seen = out_dir / "metrics.jsonl", committed
+    versions, versions_seen = out_dir / VERSIONS_FILE, len(_rows(out_dir / VERSIONS_FILE))
     next_status = time.monotonic() + _STATUS_EVERY_S
     while True:
         rows = _rows(metrics)
         for row in rows[seen:]:
             say(_describe_round(row, rounds))
         seen = max(seen, len(rows))
+        decisions = _rows(versions)
+        for decision in decisions[versions_seen:]:
+            say(_describe_version(decision))
+        versions_seen = max(versions_seen, len(decisions))
         outcome = read_outcome(out_dir)
         if outcome is not None:
             break
@@ -245,6 +251,8 @@ def _follow(out_dir: Path, superlink: Any, run_id: int, flwr_home: Path, rounds:
     rows = _rows(metrics)
     for row in rows[seen:]:
         say(_describe_round(row, rounds))
+    for decision in _rows(versions)[versions_seen:]:
+        say(_describe_version(decision))
     _wait_finished(run_id, flwr_home)
     if outcome["status"] != "completed":
         raise ServerError(outcome["message"])
@@ -277,6 +285,16 @@ def _rows(metrics: Path) -> list[dict[str, Any]]:
         except ValueError:
             break  # a row being written
     return rows
+
+
+def _describe_version(decision: dict[str, Any]) -> str:
+    accuracy = (decision.get("metrics") or {}).get("accuracy")
+    shown = "" if accuracy is None else f", global accuracy {accuracy:.3f}"
+    if decision.get("emitted"):
+        parent = decision.get("parent_version")
+        return (f"version {decision['version']} emitted"
+                f"{f' (parent v{parent})' if parent else ' (the build)'}{shown}")
+    return f"version {decision['version']} not emitted: {decision.get('reason')}"
 
 
 def _describe_round(row: dict[str, Any], rounds: int) -> str:
