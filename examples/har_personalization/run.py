@@ -1,7 +1,7 @@
 """The three jobs end to end on UCI HAR, with the devicetune command a team would type.
 
-    .venv/bin/python examples/har_personalization/run.py                # about 10 minutes
-    .venv/bin/python examples/har_personalization/run.py --quick        # about 3 minutes
+    .venv/bin/python examples/har_personalization/run.py                # about 2 minutes
+    .venv/bin/python examples/har_personalization/run.py --quick        # about 1 minute
 
 1. build      the TFLite and Core ML models from har.toml (backbone pretrained on
               subjects 1-15), with their parity report;
