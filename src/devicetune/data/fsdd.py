@@ -1,7 +1,13 @@
 """Free Spoken Digit Dataset: 3,000 recordings of digits 0-9, split by speaker (6).
 
 The raw clips are kept as recorded; `SpokenDigits.spectrograms` turns them into the
-fixed-size log-mel images a `conv2d_small` backbone takes.
+fixed-size log-mel images a `conv2d_small` backbone takes, in recording order.
+
+The file lists each speaker's clips by digit (all 50 zeros, then all ones...). A device's
+local data is split in time, the first part training and the rest testing, so that
+order would train on digits 0-4 and test on 5-9. The closest thing FSDD has to a time
+is the repetition index in each file name, so the examples come per speaker by
+repetition: every digit's repetition 0, then every digit's repetition 1, and so on.
 
 References:
     Z. Jackson et al., Free Spoken Digit Dataset, github.com/Jakobovski/free-spoken-digit-dataset.
@@ -34,6 +40,7 @@ class SpokenDigits:
     user_names: tuple[str, ...]
     split: np.ndarray
     sample_rate: int
+    recording_index: np.ndarray  # the repetition, 0-49: the ``_NN`` of the file name
 
     def __len__(self) -> int:
         return len(self.digit)
@@ -42,13 +49,19 @@ class SpokenDigits:
         """Waveform ``i`` as float32 in [-1, 1)."""
         return self.audio[self.offsets[i] : self.offsets[i + 1]].astype(np.float32) / 32768.0
 
+    def recording_order(self) -> np.ndarray:
+        """Clip indices by speaker, then repetition, then digit (see the module doc)."""
+        return np.lexsort((self.digit, self.recording_index, self.user))
+
     def spectrograms(self, frames: int = 32, bands: int = 32) -> LabeledData:
-        """Every clip as a ``(frames, bands, 1)`` log-mel image over its first second."""
-        x = np.stack([log_mel(self.clip(i), self.sample_rate, frames, bands)
-                      for i in range(len(self))])
+        """Every clip as a ``(frames, bands, 1)`` log-mel image over its first second,
+        rows in `recording_order`."""
+        order = self.recording_order()
+        x = np.stack([log_mel(self.clip(i), self.sample_rate, frames, bands) for i in order])
         return LabeledData(
-            x=x[..., None], y=self.digit.astype(np.int64), user=self.user.astype(np.int64),
-            class_names=DIGITS, split=self.split.astype(np.int64),
+            x=x[..., None], y=self.digit[order].astype(np.int64),
+            user=self.user[order].astype(np.int64), class_names=DIGITS,
+            split=self.split[order].astype(np.int64),
             meta={"user_names": self.user_names, "frames": frames, "bands": bands},
         )
 
@@ -61,17 +74,19 @@ def load_fsdd(data_dir: Path) -> SpokenDigits:
     """
     path = Path(data_dir) / FSDD_FILE
     a = read_npz(path, {"audio", "offsets", "digit", "user", "user_names", "split",
-                        "sample_rate"})
+                        "sample_rate", "recording_index"})
     n = len(a["digit"])
     if len(a["offsets"]) != n + 1 or a["offsets"][-1] != len(a["audio"]):
         raise DataError(f"{path}: 'offsets' must have {n + 1} entries ending at the audio "
                         f"length {len(a['audio'])}")
-    if len(a["user"]) != n or len(a["split"]) != n:
-        raise DataError(f"{path}: 'digit', 'user' and 'split' must have the same length")
+    if any(len(a[name]) != n for name in ("user", "split", "recording_index")):
+        raise DataError(f"{path}: 'digit', 'user', 'split' and 'recording_index' must have "
+                        "the same length")
     return SpokenDigits(
         audio=a["audio"], offsets=a["offsets"].astype(np.int64), digit=a["digit"],
         user=a["user"], user_names=tuple(str(u) for u in a["user_names"]),
         split=a["split"], sample_rate=int(a["sample_rate"]),
+        recording_index=a["recording_index"],
     )
 
 
