@@ -80,6 +80,10 @@ def test_signature_table_records_names_shapes_and_dtypes(variant) -> None:
     assert table["infer"].inputs[0].shape == [-1, 128, 9]  # any batch size
     assert [t.name for t in table["get_weights"].outputs] == sorted(
         ["dense0_kernel", "dense0_bias", "dense1_kernel", "dense1_bias"])
+    # LiteRT's Java runSignature refuses a call without inputs: every signature has one.
+    assert all(sig.inputs for sig in table.values())
+    assert [(t.name, t.shape, t.dtype) for t in table["get_weights"].inputs] == [
+        ("unused", [], "int32")]
 
 
 def _tape_example_grads(model, weights: dict, features: np.ndarray, labels: np.ndarray):

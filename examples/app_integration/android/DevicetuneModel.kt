@@ -137,27 +137,17 @@ class DevicetuneModel private constructor(
     }
 
     /**
-     * The trainable weights, by the names of `tflite.weight_names`.
-     *
-     * LiteRT's Java `runSignature` refuses an empty inputs map, and devicetune's
-     * `get_weights` signature takes no input (see the README, "Known gap"). A build whose
-     * `get_weights` takes a placeholder input is called with zeros for it; with today's
-     * builds this throws [UnsupportedOperationException], so check [canReadWeights].
+     * The trainable weights, by the names of `tflite.weight_names`. `unused` is an ignored
+     * scalar: LiteRT's Java `runSignature` refuses a call with no inputs.
      */
     fun getWeights(): Map<String, FloatArray> = synchronized(lock) {
         val signature = current.tflite.signature("get_weights")
-        if (signature.inputs.isEmpty()) throw UnsupportedOperationException(GET_WEIGHTS_GAP)
-        val placeholders: Map<String, Any> = signature.inputs.associate { it.name to zeroScalar(it) }
         val weights = current.tflite.weightNames.associateWith {
             FloatBuffer.allocate(signature.output(it).elementCount)
         }
-        interpreter.runSignature(placeholders, weights, "get_weights")
+        interpreter.runSignature(mapOf("unused" to 0), weights, "get_weights")
         weights.mapValues { (_, buffer) -> buffer.array() }
     }
-
-    /** Whether [getWeights] can run on this build (see there). */
-    val canReadWeights: Boolean
-        get() = synchronized(lock) { current.tflite.signature("get_weights").inputs.isNotEmpty() }
 
     /**
      * Loads trainable weights. The artifact treats them as a new starting point: the
@@ -327,9 +317,6 @@ class DevicetuneModel private constructor(
 
     companion object {
         private const val PERSONAL_MAGIC = 0x44545057 // "DTPW"
-        private const val GET_WEIGHTS_GAP = "this model.tflite's get_weights signature takes " +
-            "no input, which LiteRT's Java runSignature cannot call; rebuild it with a " +
-            "get_weights that takes a placeholder input (see the README, Known gap)"
 
         /**
          * Opens a version that [VersionVerifier] accepted.
@@ -359,12 +346,6 @@ class DevicetuneModel private constructor(
                 throw e
             }
             return interpreter
-        }
-
-        private fun zeroScalar(spec: TensorSpec): Any = when (spec.dtype) {
-            "int32" -> 0
-            "float32" -> 0f
-            else -> throw InvalidModelException("unsupported placeholder dtype ${spec.dtype}")
         }
     }
 }

@@ -90,7 +90,8 @@ class LiteRTModel:
         return float(out["loss"]), float(out["correct"])
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v) for k, v in self._runners["get_weights"]().items()}
+        out = self._runners["get_weights"](unused=np.zeros((), np.int32))
+        return {k: np.array(v) for k, v in out.items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Load new weights; this also restarts the optimizer and re-anchors the

@@ -9,7 +9,10 @@ Signatures (the contract with the app; names and shapes go into the manifest):
   to ``dp_clip_norm``, Gaussian noise of std ``dp_noise_multiplier * dp_clip_norm``
   added to the sum (Abadi et al. 2016).
 - ``evaluate(features, labels, mask) -> loss, correct``.
-- ``get_weights() -> tensors`` and ``set_weights(tensors) -> ok``: the trainable weights.
+- ``get_weights(unused) -> tensors`` and ``set_weights(tensors) -> ok``: the trainable
+  weights. ``unused`` is an int32 scalar that is ignored: LiteRT's Java/Kotlin
+  ``runSignature`` refuses a call with no inputs, so a signature without one could not be
+  called from an Android app.
   ``set_weights`` also restarts the optimizer and makes the new weights the anchor of the
   proximal term, since new weights arrive from the server as a new global model.
 - ``configure(learning_rate, proximal_mu) -> ok``: tune the step on the device;
@@ -98,8 +101,10 @@ class DeviceProgram(tf.Module):
             lambda features, labels, mask: {"loss": self._train(features, labels, mask,
                                                                  private=True)})
         self.evaluate = tf.function(input_signature=batch)(self._evaluate)
-        self.get_weights = tf.function(input_signature=[])(
-            lambda: {n: p.read_value() for n, p in zip(self.names, self.params, strict=True)})
+        self.get_weights = tf.function(input_signature=[
+            tf.TensorSpec([], tf.int32, name="unused")])(
+            lambda unused: {n: p.read_value()
+                            for n, p in zip(self.names, self.params, strict=True)})
         self.set_weights = tf.function(input_signature=weight_specs)(self._set_weights)
         self.configure = tf.function(input_signature=[
             tf.TensorSpec([], tf.float32, name="learning_rate"),
