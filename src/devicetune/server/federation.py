@@ -30,6 +30,9 @@ LOG_FILE = "server.log"
 _finished = threading.Event()  # the outcome is written: `serve` may go
 # A server killed a moment ago may still be exiting when its successor starts.
 _LOCK_WAIT_S = 15.0
+# After a (re)start, SuperNodes take a few seconds to reconnect: the first round waits
+# up to this long for every known device before sampling.
+_SETTLE_S = 10.0
 
 
 def run_server(grid: Any, settings: Any) -> list[np.ndarray]:
@@ -102,7 +105,9 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
                    "last_round": first - 1}
         for server_round in range(first, config.server.rounds + 1):
             try:
-                result = run_round_with_quorum(loop, fleet, server_round, policy, run_round)
+                result = run_round_with_quorum(
+                    loop, fleet, server_round, policy, run_round,
+                    settle_s=_SETTLE_S if server_round == first else 0.0)
             except PrivacyBudgetExceeded as exc:  # the gate: no more training, no emit
                 outcome.update(status="stopped", message=str(exc))
                 log.error("%s", exc)

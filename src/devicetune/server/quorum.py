@@ -71,17 +71,18 @@ class QuorumFailure:
 RoundRunner = Callable[[Any, int, int], RoundRecord]
 
 
-_GRACE_S = 10.0
-
-
 def run_round_with_quorum(loop: FederatedLoop, grid: Any, server_round: int,
-                          policy: QuorumPolicy, run_round: RoundRunner | None = None
-                          ) -> RoundRecord | QuorumFailure:
+                          policy: QuorumPolicy, run_round: RoundRunner | None = None,
+                          settle_s: float = 0.0) -> RoundRecord | QuorumFailure:
     """Run ``server_round`` until it reaches its quorum or the policy gives up.
 
     Args:
         run_round: one attempt, ``(grid, server_round, attempt) -> RoundRecord``;
             default ``loop.run_round`` (the SecAgg+ path passes its own).
+        settle_s: before the first attempt, wait up to this long for every known
+            device to be online. The first round after a server (re)start needs it:
+            SuperNodes reconnect seconds later, and a resumed round should sample the
+            devices an uninterrupted one would.
 
     Returns:
         The record of the attempt that counted (``attempts`` in its extras), or the
@@ -92,13 +93,10 @@ def run_round_with_quorum(loop: FederatedLoop, grid: Any, server_round: int,
     attempts: list[RoundRecord] = []
     for attempt in range(policy.attempts):
         if wait_until_online is not None:
-            # SuperNodes reconnect a few seconds after a restart (theirs or the server's):
-            # give every known device a short grace, so a resumed round samples the
-            # devices an uninterrupted one would; then devices that left get a timeout
-            # to return, as far as the quorum needs them.
             known = len(getattr(grid, "node_of", {}))
-            if known > policy.min_devices:
-                wait_until_online(known, min(_GRACE_S, policy.round_timeout_s))
+            if attempt == 0 and settle_s > 0 and known > policy.min_devices:
+                wait_until_online(known, min(settle_s, policy.round_timeout_s))
+            # Devices that left (or whose SuperNode restarted) get a timeout to return.
             wait_until_online(policy.min_devices, policy.round_timeout_s)
         record = run_round(grid, server_round, attempt)
         attempts.append(record)
