@@ -1,0 +1,111 @@
+"""`[fleet]`: the simulated phones, their data, and how each personalises."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from devicetune.config.base import PositiveFloat, Probability, Section, parse_id_list
+
+
+class TierSpec(Section):
+    """A class of phone hardware: its share of the fleet and its relative speed."""
+
+    name: str = Field(min_length=1)
+    share: Probability
+    speed: PositiveFloat = 1.0
+
+
+def _default_tiers() -> list[TierSpec]:
+    return [
+        TierSpec(name="high", share=0.3, speed=1.0),
+        TierSpec(name="mid", share=0.5, speed=0.6),
+        TierSpec(name="low", share=0.2, speed=0.3),
+    ]
+
+
+class FleetData(Section):
+    """Where each device's data comes from and how it is split."""
+
+    source: Literal["synthetic", "har", "fsdd"] = "synthetic"
+    partition: Literal["natural", "dirichlet"] = "natural"
+    dirichlet_alpha: PositiveFloat = 0.5
+    subjects: list[int] = Field(
+        default_factory=list, description="natural users forming the fleet; empty = all"
+    )
+    test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="time-ordered local test")
+    windows_per_device: int = Field(60, ge=4, le=10_000, description="synthetic: mean")
+
+    _ids = field_validator("subjects", mode="before")(parse_id_list)
+
+
+class PersonalizationConfig(Section):
+    """How each device fine-tunes the global model on its own data, and on whom it is
+    measured. Every step is one an app can do with the artifact's signatures."""
+
+    subjects: list[int] = Field(
+        default_factory=list,
+        description="natural users to personalise (e.g. never-seen subjects); empty = the "
+        "fleet's own devices",
+    )
+    max_devices: int = Field(200, ge=1, description="personalise at most this many devices")
+    epochs: int = Field(20, ge=0, le=1000, description="most epochs cross-validation may pick")
+    learning_rate: PositiveFloat | None = Field(None, description="default: the model's")
+    validation_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of local data each validation fold holds"
+    )
+    interpolation: float = Field(
+        1.0, gt=0.0, le=1.0, description="weight of the personal head against the global one"
+    )
+    protect_unseen_classes: bool = Field(
+        True, description="keep the global classifier for classes absent from local data"
+    )
+    gate: bool = Field(True, description="keep the global head unless personal is better")
+    gate_margin: float = Field(
+        2.0, ge=0.0, description="gain needed, in standard errors of validation accuracy"
+    )
+    compare_naive: bool = Field(
+        True, description="also measure naive fine-tuning (all epochs, no safeguards)"
+    )
+
+    _ids = field_validator("subjects", mode="before")(parse_id_list)
+
+
+class FleetConfig(Section):
+    """A population of simulated phones."""
+
+    devices: int = Field(ge=1, le=10_000_000)
+    platform_mix: dict[Literal["android", "ios"], Probability] = Field(
+        default_factory=lambda: {"android": 0.7, "ios": 0.3}
+    )
+    tiers: list[TierSpec] = Field(default_factory=_default_tiers, min_length=1)
+    availability: float = Field(0.8, gt=0.0, le=1.0, description="P(available in a round)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="P(drops out mid-round)")
+    local_epochs: int = Field(1, ge=1, le=1000)
+    learning_rate: PositiveFloat | None = Field(
+        None, description="local training rate in federated rounds; default: the model's"
+    )
+    eval_devices: int = Field(
+        50, ge=1, description="devices whose local test data measure global accuracy"
+    )
+    data: FleetData = FleetData()
+    personalization: PersonalizationConfig = PersonalizationConfig()
+
+    @field_validator("platform_mix")
+    @classmethod
+    def _mix_sums_to_one(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value or not math.isclose(sum(value.values()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"shares must sum to 1, got {sum(value.values()):g}")
+        return value
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_sum_to_one(cls, value: list[TierSpec]) -> list[TierSpec]:
+        total = sum(t.share for t in value)
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"tier shares must sum to 1, got {total:g}")
+        if len({t.name for t in value}) != len(value):
+            raise ValueError("tier names must be unique")
+        return value
