@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devicetune.artifacts.emit import VERSIONS_FILE, VersionEmitter
+from devicetune.artifacts.emit import VersionEmitter
 from devicetune.artifacts.keys import generate_key_pair
 from devicetune.device.coreml import CoreMLDevice
 from devicetune.device.litert import LiteRTModel
 from devicetune.errors import ConfigError
 from devicetune.registry import Registry, RegistryClient, RegistryServer
+from devicetune.run_files import VERSIONS_FILE
 from tests.conftest import small_config
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from devicetune.report.outcomes import by_cohort, cohort_order, gain_counts, harmed, worst_decile
-from devicetune.report.runs import DeviceRow
+from devicetune.run_files import PersonalizationResult
 
 
 def _device(device_id: int, before: float, after: float, platform: str = "android",
-            tier: str = "mid") -> DeviceRow:
-    return DeviceRow(device_id, platform, tier, n_train=10, n_test=10, acc_global=before,
-                     acc_personal=after, epochs=3, kept_global=before == after)
+            tier: str = "mid") -> PersonalizationResult:
+    return PersonalizationResult(device_id, platform, tier, n_train=10, n_test=10,
+                                 acc_global=before, acc_personal=after, epochs=3,
+                                 kept_global=before == after)
 
 
 FLEET = [_device(i, 0.5 + i / 100, 0.5 + i / 100 + (i % 3 - 1) / 10,

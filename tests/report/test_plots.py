@@ -9,8 +9,8 @@ from PIL import Image
 
 from devicetune.report import plots
 from devicetune.report.outcomes import by_cohort
-from devicetune.report.runs import DeviceRow
 from devicetune.report.versions import compare_versions
+from devicetune.run_files import PersonalizationResult
 from tests.report.conftest import VERSIONS
 
 
@@ -43,7 +43,8 @@ def test_rounds_with_missing_values_still_plot(tmp_path: Path) -> None:
 
 
 def test_a_fleet_where_nothing_changed_plots(tmp_path: Path) -> None:
-    devices = [DeviceRow(i, "android", "low", 5, 5, 0.8, 0.8, 0, True) for i in range(4)]
+    devices = [PersonalizationResult(i, "android", "low", 5, 5, 0.8, 0.8, 0, True)
+               for i in range(4)]
     _png(plots.gain_distribution(devices, tmp_path / "g.png"))
     _png(plots.worst_decile(devices[:1], 0.8, tmp_path / "w.png"))
     groups = [("By tier", "tier", by_cohort(devices, "tier"))]
@@ -51,7 +52,7 @@ def test_a_fleet_where_nothing_changed_plots(tmp_path: Path) -> None:
 
 
 def test_the_worst_decile_figure_grows_with_its_rows(tmp_path: Path) -> None:
-    devices = [DeviceRow(i, "ios", "mid", 5, 5, 0.5, 0.4 + i / 100, 3, False)
+    devices = [PersonalizationResult(i, "ios", "mid", 5, 5, 0.5, 0.4 + i / 100, 3, False)
                for i in range(60)]
     _, few = _png(plots.worst_decile(devices[:2], 0.7, tmp_path / "few.png"))
     _, many = _png(plots.worst_decile(devices, 0.7, tmp_path / "many.png"))

@@ -34,8 +34,8 @@ from devicetune.artifacts.manifest import (
 )
 from devicetune.config import DevicetuneConfig, to_toml
 from devicetune.errors import ConfigError
+from devicetune.run_files import VERSIONS_FILE
 
-VERSIONS_FILE = "versions.jsonl"
 UPDATE_FILE = "update.npz"
 
 

@@ -19,29 +19,12 @@ can do with the artifact's signatures (train, evaluate, get/set weights):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from devicetune.config import PersonalizationConfig
 from devicetune.device.runtime import DeviceRuntime
 from devicetune.fleet.population import DeviceProfile, LocalData
-
-
-@dataclass(frozen=True)
-class PersonalizationResult:
-    """One row of ``devices.csv``."""
-
-    device_id: int
-    platform: str
-    tier: str
-    n_train: int
-    n_test: int
-    acc_global: float
-    acc_personal: float
-    epochs: int
-    kept_global: bool
-    acc_naive: float | None = None
+from devicetune.run_files import PersonalizationResult
 
 
 def personalize(runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,

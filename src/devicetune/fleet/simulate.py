@@ -1,22 +1,16 @@
 """`devicetune simulate`: a fleet of phones federating and personalising the artifacts.
 
-The run folder::
-
-    config.toml      the resolved config (every default filled in)
-    artifacts/       the build the devices run (model.tflite, Model.mlmodel, manifest)
-    metrics.jsonl    one line per round, written as the round ends
-    devices.csv      per device: global vs personalised accuracy on its future data
-    summary.json     accuracy before/after (mean, median, p10), gain, harm, throughput
+The run folder holds the files of `devicetune.run_files` (config.toml, metrics.jsonl,
+devices.csv, summary.json) and ``artifacts/``, the build the devices run.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,12 +20,18 @@ from devicetune.atomic import atomic_write_bytes, atomic_write_json
 from devicetune.config import DevicetuneConfig, PersonalizationConfig, to_toml
 from devicetune.device.runtime import DeviceRuntime
 from devicetune.errors import ConfigError, PrivacyBudgetExceeded
-from devicetune.fleet.personalize import PersonalizationResult, naive, personalize
+from devicetune.fleet.personalize import naive, personalize
 from devicetune.fleet.population import DeviceProfile, LocalData, Population
+from devicetune.run_files import (
+    CONFIG_FILE,
+    DEVICES_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    PersonalizationResult,
+    personalization_summary,
+    write_devices,
+)
 
-METRICS_FILE = "metrics.jsonl"
-DEVICES_FILE = "devices.csv"
-SUMMARY_FILE = "summary.json"
 ENGINES = ("inline", "vectorized", "flower")
 
 
@@ -86,7 +86,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / "config.toml", to_toml(config).encode())
+    atomic_write_bytes(out_dir / CONFIG_FILE, to_toml(config).encode())
 
     artifacts = _artifacts(config, out_dir, data_dir, artifacts, progress)
     population = Population.from_config(config.fleet, config.seed, data_dir)
@@ -142,14 +142,14 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
 
     results = _personalize_fleet(config, population, runtimes, loop.weights, learning_rate,
                                  data_dir, progress)
-    _write_devices(out_dir / DEVICES_FILE, results)
+    write_devices(out_dir / DEVICES_FILE, results)
     summary = _summary(config, results, initial_accuracy, loop.weights, evaluate,
                        device_rounds, rounds_s, time.perf_counter() - started)
     summary["rounds_run"] = len(rounds)
     summary["stopped"] = stopped
     if loop.device_dp_steps:
-        summary["device_privacy"] = device_privacy(loop.device_dp_steps, artifacts,
-                                                   config.privacy.delta)
+        summary["device_privacy"] = _device_privacy(loop.device_dp_steps, artifacts,
+                                                    config.privacy.delta)
     if privacy is not None:
         # From the rounds as recorded: the flower engine's ServerApp kept its own ledger.
         spent = [r for r in rounds if "epsilon_rdp" in r]
@@ -196,28 +196,16 @@ def _grid(engine: str, config: DevicetuneConfig, population: Population,
                           on_device=lambda _: progress.advance())
 
 
-def device_privacy(steps: dict[int, tuple[int, int]], artifacts: Path, delta: float
-                   ) -> dict[str, Any]:
-    """Each phone's own sample-level epsilon from its DP-SGD steps over the whole run
-    (RDP; q = batch / local examples), summarised over the devices that trained."""
-    from functools import cache
-
+def _device_privacy(steps: dict[int, tuple[int, int]], artifacts: Path, delta: float
+                    ) -> dict[str, Any]:
+    """Each phone's own sample-level epsilon from its DP-SGD steps over the whole run."""
     from devicetune.artifacts.manifest import read_manifest
-    from devicetune.privacy.accounting import device_epsilon
+    from devicetune.privacy.accounting import device_epsilons
 
     tflite = read_manifest(artifacts).tflite
     assert tflite is not None
-
-    @cache
-    def of(total_steps: int, examples: int) -> float:
-        return device_epsilon(total_steps, tflite.dp_noise_multiplier, tflite.batch_size,
-                              examples, delta)
-
-    values = np.array([of(s, n) for s, n in steps.values()])
-    return {"devices": len(values), "epsilon_max": float(values.max()),
-            "epsilon_median": float(np.median(values)), "delta": delta,
-            "noise_multiplier": tflite.dp_noise_multiplier,
-            "clip_norm": tflite.dp_clip_norm}
+    return device_epsilons(steps, tflite.dp_noise_multiplier, tflite.dp_clip_norm,
+                           tflite.batch_size, delta)
 
 
 def _run_flower_engine(config: DevicetuneConfig, out_dir: Path, artifacts: Path,
@@ -231,7 +219,7 @@ def _run_flower_engine(config: DevicetuneConfig, out_dir: Path, artifacts: Path,
 
     from devicetune.server.apps import AppSettings, make_client_app, make_server_app
 
-    settings = AppSettings(config=out_dir / "config.toml", artifacts=Path(artifacts).resolve(),
+    settings = AppSettings(config=out_dir / CONFIG_FILE, artifacts=Path(artifacts).resolve(),
                            data_dir=Path(data_dir).resolve(), out_dir=out_dir.resolve())
     progress.stage(f"{config.server.rounds} rounds in Flower's Simulation Engine (Ray)", None)
     # Ray workers are fresh processes: they find the data and import the same code.
@@ -391,54 +379,17 @@ def _personalize_device(runtime: DeviceRuntime, data: LocalData, profile: Device
     return personalize(runtime, data, profile, weights, recipe, learning_rate, rng)
 
 
-def _write_devices(path: Path, results: list[PersonalizationResult]) -> None:
-    fields = list(PersonalizationResult.__dataclass_fields__)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for result in results:
-            row = asdict(result)
-            row["acc_global"] = f"{result.acc_global:.6f}"
-            row["acc_personal"] = f"{result.acc_personal:.6f}"
-            if result.acc_naive is not None:
-                row["acc_naive"] = f"{result.acc_naive:.6f}"
-            writer.writerow(row)
-
-
-def _spread(values: np.ndarray) -> dict[str, float]:
-    return {"mean": float(values.mean()), "median": float(np.median(values)),
-            "p10": float(np.percentile(values, 10))}
-
-
 def _summary(config: DevicetuneConfig, results: list[PersonalizationResult],
              initial_accuracy: float, weights: list[np.ndarray], evaluate: Callable,
              device_rounds: int, rounds_s: float, wall_s: float) -> dict[str, Any]:
-    before = np.array([r.acc_global for r in results])
-    after = np.array([r.acc_personal for r in results])
-    gain = after - before
+    personal = personalization_summary(results)
     return {
-        "devices": len(results),
+        "devices": personal.pop("devices"),
         "rounds": config.server.rounds,
         "global_accuracy_initial": initial_accuracy,
         "global_accuracy_final": evaluate(weights)["accuracy"],
-        "accuracy_global": _spread(before) if len(results) else None,
-        "accuracy_personal": _spread(after) if len(results) else None,
-        "mean_gain": float(gain.mean()) if len(results) else None,
-        "fraction_harmed": float((gain < 0).mean()) if len(results) else None,
-        "fraction_kept_global": float(np.mean([r.kept_global for r in results]))
-        if results else None,
-        "naive": _naive_summary(results, before),
+        **personal,
         "device_rounds": device_rounds,
         "device_rounds_per_s": device_rounds / rounds_s if rounds_s > 0 else None,
         "wall_s": round(wall_s, 3),
     }
-
-
-def _naive_summary(results: list[PersonalizationResult], before: np.ndarray
-                   ) -> dict[str, Any] | None:
-    """The same devices fine-tuned naively, for comparison with the recipe."""
-    if not results or any(r.acc_naive is None for r in results):
-        return None
-    naive_acc = np.array([r.acc_naive for r in results])
-    return {"accuracy": _spread(naive_acc), "mean_gain": float((naive_acc - before).mean()),
-            "fraction_harmed": float((naive_acc < before).mean())}

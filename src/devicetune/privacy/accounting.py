@@ -125,6 +125,19 @@ def device_epsilon(steps: int, noise_multiplier: float, batch_size: int, example
                    accountant)
 
 
+def device_epsilons(steps: dict[int, tuple[int, int]], noise_multiplier: float,
+                    clip_norm: float, batch_size: int, delta: float) -> dict[str, float]:
+    """Each phone's own `device_epsilon` over a run, summarised over the phones that
+    trained. ``steps`` maps a device to its (DP-SGD steps, local examples)."""
+    computed: dict[tuple[int, int], float] = {}
+    for key in set(steps.values()):
+        computed[key] = device_epsilon(key[0], noise_multiplier, batch_size, key[1], delta)
+    values = np.array([computed[key] for key in steps.values()])
+    return {"devices": len(values), "epsilon_max": float(values.max()),
+            "epsilon_median": float(np.median(values)), "delta": delta,
+            "noise_multiplier": noise_multiplier, "clip_norm": clip_norm}
+
+
 class RoundAccountant:
     """Records federated rounds one at a time and reports epsilon after each.
 
@@ -294,6 +307,7 @@ __all__ = [
     "RoundAccountant",
     "check_round_parameters",
     "device_epsilon",
+    "device_epsilons",
     "epsilon",
     "round_event",
 ]

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from devicetune.report.runs import METRICS_FILE, SUMMARY_FILE, VERSIONS_FILE, Run
+from devicetune.report.runs import Run
 from devicetune.report.versions import VersionComparison
+from devicetune.run_files import METRICS_FILE, SUMMARY_FILE, VERSIONS_FILE
 
 
 @dataclass(frozen=True)

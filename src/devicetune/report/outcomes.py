@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from devicetune.report.runs import DeviceRow
+from devicetune.run_files import PersonalizationResult
 
 # Accuracies are ratios of small counts; a difference below this is no change at all.
 TIE = 1e-9
@@ -40,7 +40,7 @@ class GainCounts:
         return self.gained + self.unchanged + self.harmed
 
 
-def gain_counts(devices: Iterable[DeviceRow]) -> GainCounts:
+def gain_counts(devices: Iterable[PersonalizationResult]) -> GainCounts:
     """Devices whose accuracy on future data rose, stayed, or fell."""
     gains = [d.gain for d in devices]
     return GainCounts(gained=sum(g > TIE for g in gains),
@@ -56,7 +56,7 @@ def cohort_order(names: Iterable[str], configured: Sequence[str] = ()) -> list[s
     return sorted(set(names), key=lambda n: (rank.get(n, len(rank)), n))
 
 
-def by_cohort(devices: Sequence[DeviceRow], attribute: str,
+def by_cohort(devices: Sequence[PersonalizationResult], attribute: str,
               configured: Sequence[str] = ()) -> list[CohortOutcome]:
     """Outcomes per value of ``attribute`` (``platform`` or ``tier``)."""
     outcomes = []
@@ -74,7 +74,7 @@ def by_cohort(devices: Sequence[DeviceRow], attribute: str,
     return outcomes
 
 
-def worst_decile(devices: Sequence[DeviceRow]) -> list[DeviceRow]:
+def worst_decile(devices: Sequence[PersonalizationResult]) -> list[PersonalizationResult]:
     """The tenth of devices (at least one) left with the lowest accuracy after
     personalization: the users the product serves worst. Worst first; ties go to the
     device the global model served worse."""
@@ -85,7 +85,7 @@ def worst_decile(devices: Sequence[DeviceRow]) -> list[DeviceRow]:
     return ranked[:size]
 
 
-def harmed(devices: Sequence[DeviceRow]) -> list[DeviceRow]:
+def harmed(devices: Sequence[PersonalizationResult]) -> list[PersonalizationResult]:
     """Devices personalization made worse, most harmed first."""
     return sorted((d for d in devices if d.gain < -TIE), key=lambda d: (d.gain, d.device_id))
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from devicetune.report.outcomes import TIE, CohortOutcome
-from devicetune.report.runs import DeviceRow
 from devicetune.report.versions import VersionComparison
+from devicetune.run_files import PersonalizationResult
 
 GLOBAL, PERSONAL, NAIVE = "#8a94a6", "#2563eb", "#d97706"
 GAINED, HARMED, UNCHANGED = "#16a34a", "#dc2626", "#b8bec9"
@@ -96,7 +96,7 @@ def accuracy_per_round(rounds: Sequence[dict[str, Any]], initial: float | None,
     return path
 
 
-def gain_distribution(devices: Sequence[DeviceRow], path: Path) -> Path:
+def gain_distribution(devices: Sequence[PersonalizationResult], path: Path) -> Path:
     """Per-device gain in accuracy points: histogram by sign, and its CDF (vs naive)."""
     import numpy as np
 
@@ -162,7 +162,7 @@ def _decile_legend() -> list[Any]:
             dot(GAINED, "personalised, gained"), dot(HARMED, "personalised, harmed")]
 
 
-def _cdf_series(devices: Sequence[DeviceRow]) -> list[tuple[str, str, list[float]]]:
+def _cdf_series(devices: Sequence[PersonalizationResult]) -> list[tuple[str, str, list[float]]]:
     series = [("devicetune recipe", PERSONAL, [100 * d.gain for d in devices])]
     if devices and all(d.acc_naive is not None for d in devices):
         series.append(("naive fine-tuning", NAIVE,
@@ -171,7 +171,7 @@ def _cdf_series(devices: Sequence[DeviceRow]) -> list[tuple[str, str, list[float
     return series
 
 
-def worst_decile(decile: Sequence[DeviceRow], fleet_mean: float, path: Path) -> Path:
+def worst_decile(decile: Sequence[PersonalizationResult], fleet_mean: float, path: Path) -> Path:
     """The worst-served devices: each one's global accuracy and where personalization
     took it, worst at the top."""
     shown = list(decile[:MAX_ROWS])
@@ -201,8 +201,8 @@ def worst_decile(decile: Sequence[DeviceRow], fleet_mean: float, path: Path) -> 
     return path
 
 
-def cohorts(devices: Sequence[DeviceRow], groups: Sequence[tuple[str, str,
-            Sequence[CohortOutcome]]], path: Path) -> Path:
+def cohorts(devices: Sequence[PersonalizationResult],
+            groups: Sequence[tuple[str, str, Sequence[CohortOutcome]]], path: Path) -> Path:
     """Per-device gains in each cohort, with its mean: one panel per grouping.
 
     Args:

@@ -9,41 +9,21 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devicetune.errors import DevicetuneError, RunFolderError
-
-# The files simulate and serve write (their modules own the format; these are its names).
-CONFIG_FILE = "config.toml"
-METRICS_FILE = "metrics.jsonl"
-DEVICES_FILE = "devices.csv"
-SUMMARY_FILE = "summary.json"
-VERSIONS_FILE = "versions.jsonl"
-RUN_FILES = (METRICS_FILE, DEVICES_FILE, SUMMARY_FILE, VERSIONS_FILE, CONFIG_FILE)
-
-
-@dataclass(frozen=True)
-class DeviceRow:
-    """One device of ``devices.csv``: the global model vs its personalised one."""
-
-    device_id: int
-    platform: str
-    tier: str
-    n_train: int
-    n_test: int
-    acc_global: float
-    acc_personal: float
-    epochs: int
-    kept_global: bool
-    acc_naive: float | None = None
-
-    @property
-    def gain(self) -> float:
-        """Personalised minus global accuracy on the device's future data (0..1 scale)."""
-        return self.acc_personal - self.acc_global
+from devicetune.run_files import (
+    CONFIG_FILE,
+    DEVICES_FILE,
+    METRICS_FILE,
+    RUN_FILES,
+    SUMMARY_FILE,
+    VERSIONS_FILE,
+    PersonalizationResult,
+    read_device,
+)
 
 
 @dataclass
@@ -57,7 +37,7 @@ class Run:
 
     path: Path
     rounds: list[dict[str, Any]] = field(default_factory=list)
-    devices: list[DeviceRow] | None = None
+    devices: list[PersonalizationResult] | None = None
     summary: dict[str, Any] | None = None
     versions: list[dict[str, Any]] | None = None
     config: Any | None = None  # a DevicetuneConfig when config.toml loads
@@ -156,34 +136,20 @@ def _read_rounds(path: Path, notes: list[str]) -> list[dict[str, Any]]:
     return [by_round[k] for k in sorted(by_round)]
 
 
-def _read_devices(path: Path, notes: list[str]) -> list[DeviceRow] | None:
+def _read_devices(path: Path, notes: list[str]) -> list[PersonalizationResult] | None:
     if not path.is_file():
         return None
     devices, bad = [], 0
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         for row in csv.DictReader(handle):
             try:
-                devices.append(_device(row))
+                devices.append(read_device(row))
             except (KeyError, TypeError, ValueError):
                 bad += 1
     if bad:
         notes.append(f"{DEVICES_FILE}: {bad} row{'s' if bad > 1 else ''} incomplete or "
                      "unreadable (cut off?), left out.")
     return devices
-
-
-def _device(row: dict[str, str]) -> DeviceRow:
-    naive = (row.get("acc_naive") or "").strip()
-    device = DeviceRow(
-        device_id=int(row["device_id"]), platform=row["platform"], tier=row["tier"],
-        n_train=int(row["n_train"]), n_test=int(row["n_test"]),
-        acc_global=float(row["acc_global"]), acc_personal=float(row["acc_personal"]),
-        epochs=int(row["epochs"]), kept_global=row["kept_global"].strip() == "True",
-        acc_naive=float(naive) if naive else None,
-    )
-    if not all(math.isfinite(v) for v in (device.acc_global, device.acc_personal)):
-        raise ValueError("accuracy is not a number")
-    return device
 
 
 def _read_summary(path: Path, notes: list[str]) -> dict[str, Any] | None:

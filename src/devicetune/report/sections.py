@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from devicetune.report import outcomes, plots
-from devicetune.report.runs import DeviceRow, Run
+from devicetune.report.runs import Run
 from devicetune.report.versions import CohortDelta, VersionComparison, compare_versions
+from devicetune.run_files import PersonalizationResult
 
 # Per-round keys with a plot of their own; any other number gets a small multiple.
 PLOTTED = {"round", "sampled", "completed", "dropped", "rejected", "global_accuracy",
@@ -77,7 +78,7 @@ def other_keys(rounds: Sequence[dict[str, Any]]) -> list[str]:
     return list(keys)
 
 
-def verdict(devices: Sequence[DeviceRow]) -> str:
+def verdict(devices: Sequence[PersonalizationResult]) -> str:
     """One sentence: how many devices personalization helped, left alone, harmed."""
     counts = outcomes.gain_counts(devices)
     return (f"Personalization raised accuracy on {counts.gained} of {counts.total} devices, "
@@ -136,7 +137,7 @@ def _global_accuracy(run: Run, out_dir: Path) -> Section:
                    plots.accuracy_per_round(run.rounds, initial, out_dir / "global_accuracy.png"))
 
 
-def _device_rows(devices: Sequence[DeviceRow]) -> tuple[tuple[str, ...], ...]:
+def _device_rows(devices: Sequence[PersonalizationResult]) -> tuple[tuple[str, ...], ...]:
     return tuple((str(d.device_id), d.platform, d.tier, str(d.n_train), _pct(d.acc_global),
                   _pct(d.acc_personal), _pts(d.gain), "yes" if d.kept_global else "no")
                  for d in devices)
@@ -146,12 +147,13 @@ DEVICE_COLUMNS = ("device", "platform", "tier", "train windows", "global", "pers
                   "change (pts)", "kept global head")
 
 
-def _row_classes(devices: Sequence[DeviceRow]) -> tuple[str, ...]:
+def _row_classes(devices: Sequence[PersonalizationResult]) -> tuple[str, ...]:
     return tuple("harmed" if d.gain < -outcomes.TIE else "gained" if d.gain > outcomes.TIE
                  else "" for d in devices)
 
 
-def _personalization(run: Run, devices: list[DeviceRow], out_dir: Path) -> list[Section]:
+def _personalization(run: Run, devices: list[PersonalizationResult], out_dir: Path
+                     ) -> list[Section]:
     harmed = outcomes.harmed(devices)
     shown = harmed[:plots.MAX_ROWS]
     gain_details = (Detail(

@@ -150,8 +150,8 @@ def _initial_weights(config: Any, artifact: list[np.ndarray]) -> list[np.ndarray
 
 def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str) -> int:
     """Prepare ``out`` for the first round to run, and return its number."""
+    from devicetune.run_files import METRICS_FILE
     from devicetune.server.state import (
-        METRICS_FILE,
         check_resumable,
         load_state,
         restore_optimizer_state,
@@ -239,8 +239,8 @@ def _commit_round(out: Path, record: Any, loop: Any, strategy_name: str,
                   artifact_sha256: str) -> None:
     """Append the round's metrics, then commit the state: a crash in between leaves a
     row that `trim_metrics` drops on resume, never a committed round without its row."""
+    from devicetune.run_files import METRICS_FILE
     from devicetune.server.state import (
-        METRICS_FILE,
         ServerState,
         commit_state,
         optimizer_state,

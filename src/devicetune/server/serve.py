@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from devicetune.errors import ServerError
+from devicetune.run_files import CONFIG_FILE, METRICS_FILE, VERSIONS_FILE
 
 CONNECTION = "devicetune"
 APP_NAME = "devicetune-serve"
@@ -79,15 +80,14 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
             "raise server.rounds to continue")
         from devicetune.server.federation import read_outcome
 
-        return ServeResult(out_dir, read_outcome(out_dir) or {}, _rows(out_dir /
-                                                                       "metrics.jsonl"))
+        return ServeResult(out_dir, read_outcome(out_dir) or {}, _rows(out_dir / METRICS_FILE))
     check_port_free(config.server.host, config.server.port)
     artifacts = _artifacts(config, out_dir, data_dir, artifacts, resume, say)
     if resume:
         _check_state_fits(out_dir, config.server.strategy, artifacts)
-    (out_dir / "config.toml").write_text(to_toml(config))
+    (out_dir / CONFIG_FILE).write_text(to_toml(config))
     app_dir = _write_app(out_dir, client_app, {
-        "config": str(out_dir / "config.toml"), "artifacts": str(artifacts),
+        "config": str(out_dir / CONFIG_FILE), "artifacts": str(artifacts),
         "data": str(Path(data_dir).resolve()), "out": str(out_dir), "resume": resume,
         "serve-pid": os.getpid()})
     flwr_home = out_dir / "flower" / "home"
@@ -219,10 +219,9 @@ def _follow(out_dir: Path, superlink: Any, run_id: int, flwr_home: Path, rounds:
             committed: int, say: Callable[[str], None]) -> ServeResult:
     """Print each round the ServerApp commits (after the ``committed`` ones) until it
     says how the run ended."""
-    from devicetune.artifacts.emit import VERSIONS_FILE
     from devicetune.server.federation import read_outcome
 
-    metrics, seen = out_dir / "metrics.jsonl", committed
+    metrics, seen = out_dir / METRICS_FILE, committed
     versions, versions_seen = out_dir / VERSIONS_FILE, len(_rows(out_dir / VERSIONS_FILE))
     next_status = time.monotonic() + _STATUS_EVERY_S
     while True:

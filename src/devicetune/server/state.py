@@ -36,9 +36,9 @@ import numpy as np
 
 from devicetune.atomic import atomic_write_bytes
 from devicetune.errors import ArtifactError, ServerError
+from devicetune.run_files import METRICS_FILE
 
 STATE_FILE = "server_state.npz"
-METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".serve.lock"
 STATE_FORMAT = "devicetune.server-state/1"
 _META = "__meta__"
