@@ -66,8 +66,6 @@ def accuracy_per_round(rounds: Sequence[dict[str, Any]], initial: float | None,
     """Global accuracy after each round (and before the first), and mean local loss."""
     points = [(r["round"], 100 * r["global_accuracy"]) for r in rounds
               if isinstance(r.get("global_accuracy"), int | float)]
-    losses = [(r["round"], r["mean_local_loss"]) for r in rounds
-              if isinstance(r.get("mean_local_loss"), int | float)]
     with _figure(path, 4.6, nrows=2, sharex=True, height_ratios=[3, 2]) as (_, (top, bottom)):
         if initial is not None:
             points.insert(0, (0, 100 * initial))
@@ -86,14 +84,22 @@ def accuracy_per_round(rounds: Sequence[dict[str, Any]], initial: float | None,
             pad = max(0.0, MIN_SPAN_POINTS - (high - low)) / 2
             top.set_ylim(max(0.0, low - pad - 0.3), min(100.0, high + pad + 0.3))
         _percent_axis(top.yaxis)
-        if losses:
-            xs, ys = zip(*losses, strict=True)
-            bottom.plot(xs, ys, color=GLOBAL, marker="o" if len(xs) <= 60 else None)
-        bottom.set_title("Mean local training loss of the devices that completed")
-        bottom.set_ylabel("loss")
-        bottom.set_xlabel("round")
-        bottom.xaxis.get_major_locator().set_params(integer=True)
+        _per_round(bottom, rounds, "mean_local_loss",
+                   "Mean local training loss of the devices that completed", "loss")
     return path
+
+
+def _per_round(axes: Any, rounds: Sequence[dict[str, Any]], key: str, title: str,
+               ylabel: str) -> None:
+    """A secondary panel: ``key`` of every round that recorded it, against the round."""
+    points = [(r["round"], r[key]) for r in rounds if isinstance(r.get(key), int | float)]
+    if points:
+        xs, ys = zip(*points, strict=True)
+        axes.plot(xs, ys, color=GLOBAL, marker="o" if len(xs) <= 60 else None)
+    axes.set_title(title)
+    axes.set_ylabel(ylabel)
+    axes.set_xlabel("round")
+    axes.xaxis.get_major_locator().set_params(integer=True)
 
 
 def gain_distribution(devices: Sequence[PersonalizationResult], path: Path) -> Path:
@@ -248,8 +254,6 @@ def participation(rounds: Sequence[dict[str, Any]], path: Path) -> Path:
                          for r in rounds], dtype=float)
 
     completed, dropped, rejected = series("completed"), series("dropped"), series("rejected")
-    walls = [(r["round"], r["wall_s"]) for r in rounds
-             if isinstance(r.get("wall_s"), int | float)]
     with _figure(path, 4.4, nrows=2, sharex=True, height_ratios=[3, 2]) as (_, (top, bottom)):
         stack = [("completed", completed, GAINED), ("dropped out", dropped, DROPPED),
                  ("rejected", rejected, REJECTED)]
@@ -265,13 +269,7 @@ def participation(rounds: Sequence[dict[str, Any]], path: Path) -> Path:
         top.set_title("Devices per round")
         top.set_ylabel("devices")
         top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-        if walls:
-            wx, wy = zip(*walls, strict=True)
-            bottom.plot(wx, wy, color=GLOBAL, marker="o" if len(wx) <= 60 else None)
-        bottom.set_title("Round wall time")
-        bottom.set_ylabel("seconds")
-        bottom.set_xlabel("round")
-        bottom.xaxis.get_major_locator().set_params(integer=True)
+        _per_round(bottom, rounds, "wall_s", "Round wall time", "seconds")
     return path
 
 
