@@ -144,6 +144,15 @@ class Federation:
         return self._start([sys.executable, "-c", code, str(config), str(out),
                             str(artifacts), client_app], "serve")
 
+    def serve_with_devices(self, config_path: Path, config: DevicetuneConfig, out: Path,
+                           artifacts: Path, *args: str, devices: int = 3
+                           ) -> subprocess.Popen:
+        """`serve` on a prebuilt ``artifacts`` folder, and devices 0..devices-1 joining it."""
+        server = self.serve(config_path, out, "--artifacts", str(artifacts), *args)
+        for device_id in range(devices):
+            self.device(config_path, config.server.port, device_id)
+        return server
+
     def device(self, config: Path, port: int, device_id: int) -> subprocess.Popen:
         return self._start([sys.executable, "-m", "devicetune", "device", str(config),
                             "--superlink", f"127.0.0.1:{port}", "--device-id",

@@ -64,9 +64,7 @@ def test_secagg_gives_the_plain_mean_within_the_quantisation_error(
         data_dir: Path) -> None:
     config_path, config = serve_config(tmp_path, rounds=1, min_devices=3, secagg=True)
     out = tmp_path / "run"
-    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
-    for device_id in range(3):
-        federation.device(config_path, config.server.port, device_id)
+    server = federation.serve_with_devices(config_path, config, out, small_artifacts)
     assert federation.wait(server) == 0, federation.output(server)
     (row,) = metrics_rows(out)
     assert row["secagg"] is True and row["completed"] == row["sampled"] == 3

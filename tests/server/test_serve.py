@@ -35,9 +35,7 @@ def test_three_devices_complete_two_rounds_as_in_process(
         data_dir: Path) -> None:
     config_path, config = serve_config(tmp_path)
     out = tmp_path / "run"
-    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
-    for device_id in range(3):
-        federation.device(config_path, config.server.port, device_id)
+    server = federation.serve_with_devices(config_path, config, out, small_artifacts)
     assert federation.wait(server) == 0, federation.output(server)
     stdout, _ = federation.output(server)
     assert "round 2/2: 3 of 3 devices aggregated" in stdout
@@ -97,9 +95,7 @@ def test_a_killed_server_resumes_where_it_committed(
     round with the committed weights: the result is the uninterrupted federation's."""
     config_path, config = serve_config(tmp_path, rounds=4)
     out = tmp_path / "run"
-    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
-    for device_id in range(3):
-        federation.device(config_path, config.server.port, device_id)
+    server = federation.serve_with_devices(config_path, config, out, small_artifacts)
 
     def committed() -> int:
         try:
@@ -137,9 +133,7 @@ def test_the_privacy_ledger_survives_a_killed_server(
         tmp_path, rounds=4, privacy={"mode": "fixed", "noise_multiplier": 1.5,
                                      "clip_norm": 1.0})
     out = tmp_path / "run"
-    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
-    for device_id in range(3):
-        federation.device(config_path, config.server.port, device_id)
+    server = federation.serve_with_devices(config_path, config, out, small_artifacts)
 
     def ledger() -> list[dict]:
         try:
@@ -180,9 +174,7 @@ def test_serve_emits_a_signed_version_that_an_app_downloads_and_runs(
                                   "private_key": str(keys.private_key),
                                   "every_rounds": 2, "max_regression": 1.0})
     out = tmp_path / "run"
-    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
-    for device_id in range(3):
-        federation.device(config_path, config.server.port, device_id)
+    server = federation.serve_with_devices(config_path, config, out, small_artifacts)
     assert federation.wait(server) == 0, federation.output(server)
     versions = [json.loads(line) for line in (out / "versions.jsonl").read_text()
                 .splitlines()]
@@ -240,9 +232,7 @@ def test_a_federation_over_tls(tmp_path: Path, federation: Federation,
     config_path, config = serve_config(tmp_path, rounds=1, insecure=False,
                                        **tls_files(tmp_path / "tls"))
     out = tmp_path / "run"
-    server = federation.serve(config_path, out, "--artifacts", str(small_artifacts))
-    for device_id in range(3):
-        federation.device(config_path, config.server.port, device_id)
+    server = federation.serve_with_devices(config_path, config, out, small_artifacts)
     assert federation.wait(server) == 0, federation.output(server)
     stdout, _ = federation.output(server)
     assert "(TLS, certificate" in stdout
