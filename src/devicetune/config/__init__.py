@@ -16,6 +16,7 @@ value and what is allowed. Relative paths are resolved against the config file's
 """
 
 from devicetune.config.data_dir import resolve_data_dir
+from devicetune.config.data_file import DataFileFields
 from devicetune.config.file import (
     DevicetuneConfig,
     describe_validation_error,
@@ -36,6 +37,7 @@ from devicetune.config.server import DevicePrivacy, EmitConfig, PrivacyConfig, S
 
 __all__ = [
     "BackboneSpec",
+    "DataFileFields",
     "DevicePrivacy",
     "DevicetuneConfig",
     "EmitConfig",
