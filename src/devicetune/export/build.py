@@ -21,6 +21,7 @@ import numpy as np
 from devicetune.artifacts.manifest import Manifest, TFLiteEntry, sha256_file
 from devicetune.config import DevicetuneConfig
 from devicetune.data.labeled import LabeledData
+from devicetune.data.sources import FleetInput
 from devicetune.errors import ConfigError, ParityError
 from devicetune.export.verify import PARITY_FILE, Check, ParityReport
 
@@ -35,18 +36,29 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What a build wrote; ``head_source`` says where the head's weights came from."""
+
     out_dir: Path
     manifest: Manifest
     parity: ParityReport
     seconds: dict[str, float]
+    head_source: str = ""
 
 
 def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
-          progress: Progress | None = None) -> BuildResult:
+          progress: Progress | None = None, pretrain_data: LabeledData | None = None,
+          fleet_data: FleetInput | None = None) -> BuildResult:
     """Build, verify and describe the artifacts for ``config``.
+
+    Args:
+        pretrain_data: a team's arrays to pretrain on (``[model.backbone.pretrain]``
+            still sets epochs and rate).
+        fleet_data: the fleet's data when given in Python; parity checks run on its rows
+            when there is no pretraining data.
 
     Raises:
         ConfigError: the model section is missing or does not fit the data.
+        DataError: a data file is missing or malformed.
         ExportError: a layer or op cannot be exported.
         ParityError: an artifact disagrees with TensorFlow (parity.json says where).
     """
@@ -80,7 +92,9 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     pretrain = config.model.backbone.pretrain
     say("building the backbone" + (f" and pretraining it on {pretrain.dataset}"
                                    if pretrain else ""))
-    model = build_trainable_model(config.model, config.seed, data_dir)
+    model = build_trainable_model(config.model, config.seed, data_dir,
+                                  pretrain_data=pretrain_data)
+    say(f"head: {model.head_source}")
     model.backbone.save(out_dir / BACKBONE_FILE)
     lap("backbone")
 
@@ -91,7 +105,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     lap("tflite")
 
     say("checking parity: LiteRT against TensorFlow")
-    x, y = _parity_examples(model.sample, model.input_shape, len(model.classes), config.seed)
+    x, y, inputs = parity_rows(config, model, data_dir, fleet_data)
     ops = operator_names(flatbuffer)
     checks = [Check("tflite.builtin_ops_only", 0.0, 0.0, True, f"{len(ops)} built-in ops")]
     lite = LiteRTModel(flatbuffer)
@@ -107,7 +121,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         coreml, coreml_checks = _build_coreml(model, config, shipped_weights, x, y, out_dir)
         checks += coreml_checks
         lap("coreml")
-    report = ParityReport(checks)
+    report = ParityReport(checks, inputs=inputs)
 
     tflite_entry = TFLiteEntry(
         file=tflite_path.name, sha256=sha256_file(tflite_path),
@@ -134,7 +148,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         failed = ", ".join(f"{c.name} (diff {c.max_abs_diff:.3g} > {c.tolerance:.3g})"
                            for c in report.failed())
         raise ParityError(f"parity failed: {failed}; see {out_dir / 'parity.json'}")
-    return BuildResult(out_dir, manifest, report, seconds)
+    return BuildResult(out_dir, manifest, report, seconds, head_source=model.head_source)
 
 
 def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
@@ -160,11 +174,71 @@ def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
     return artifacts, checks
 
 
-def _parity_examples(sample: LabeledData | None, input_shape: tuple[int, ...],
-                     num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real examples when the build pretrained on data, else standard normal inputs."""
-    if sample is not None:
-        return sample.x[:256], sample.y[:256]
+def parity_rows(config: DevicetuneConfig, model: TrainableModel, data_dir: Path,
+                fleet_data: FleetInput | None = None
+                ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The rows parity checks run on, and a sentence saying which (for parity.json).
+
+    Real rows, so that "passed" speaks of the data the model will see: a calibration
+    file if one is named, else the pretraining data, else the fleet's. Random normal
+    inputs only when the config names no data, with a warning (a constant feature
+    column, for one, turns random inputs into huge embeddings that real rows never give).
+    """
+    export = config.export
+    limit = export.calibration_rows
+    if export.calibration == "random":
+        return (*_random_rows(model, limit, config.seed), "random normal inputs (asked for)")
+    if export.calibration == "file":
+        from devicetune.config import DataFileFields
+        from devicetune.data.files import load_file
+
+        data = load_file(DataFileFields(path=export.calibration_path), model.classes,
+                         section="export")
+        return (*_checked(data, model, limit, "export.calibration_path"),
+                f"{min(limit, len(data))} rows of {export.calibration_path}")
+    if model.sample is not None:
+        return (*_checked(model.sample, model, limit, "model.backbone.pretrain"),
+                f"{min(limit, len(model.sample))} rows of the pretraining data")
+    if config.fleet is not None:
+        from devicetune.data.sources import open_fleet_data
+
+        source = open_fleet_data(config.fleet, config.seed, data_dir, data=fleet_data,
+                                 class_names=model.classes)
+        parts, total, device_id = [], 0, 0
+        while total < limit and device_id < source.devices:
+            part = source.device(device_id)
+            parts.append(part)
+            total += len(part)
+            device_id += 1
+        if total:
+            pooled = LabeledData(x=np.concatenate([p.x for p in parts]),
+                                 y=np.concatenate([p.y for p in parts]),
+                                 user=np.concatenate([p.user for p in parts]),
+                                 class_names=parts[0].class_names)
+            return (*_checked(pooled, model, limit, "fleet.data"),
+                    f"{min(limit, total)} rows of the fleet's data "
+                    f"({config.fleet.data.source}, {device_id} devices)")
+    import warnings
+
+    from devicetune.errors import DevicetuneWarning
+
+    warnings.warn(DevicetuneWarning(
+        "parity checks ran on random normal inputs: the config names no data (set "
+        "[export] calibration = \"file\" with calibration_path, or pretrain), so they say "
+        "little about the rows the model will see"), stacklevel=2)
+    return (*_random_rows(model, limit, config.seed), "random normal inputs (no data named)")
+
+
+def _checked(data: LabeledData, model: TrainableModel, limit: int, section: str
+             ) -> tuple[np.ndarray, np.ndarray]:
+    if data.example_shape != model.input_shape:
+        raise ConfigError(f"{section}: its examples have shape {list(data.example_shape)}, "
+                          f"the model takes {list(model.input_shape)}")
+    return data.x[:limit], data.y[:limit]
+
+
+def _random_rows(model: TrainableModel, count: int, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(256, *input_shape)).astype(np.float32)
-    return x, rng.integers(0, num_classes, 256)
+    x = rng.normal(size=(count, *model.input_shape)).astype(np.float32)
+    return x, rng.integers(0, len(model.classes), count)

@@ -58,7 +58,10 @@ class Check:
 
 @dataclass
 class ParityReport:
+    """Every check, and which inputs they ran on (real rows, or random ones)."""
+
     checks: list[Check]
+    inputs: str = "random normal inputs"
 
     @property
     def passed(self) -> bool:
@@ -68,7 +71,8 @@ class ParityReport:
         return [c for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict[str, object]:
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+        return {"passed": self.passed, "inputs": self.inputs,
+                "checks": [asdict(c) for c in self.checks]}
 
     def write(self, folder: Path) -> Path:
         return atomic_write_json(Path(folder) / PARITY_FILE, self.to_dict())
@@ -76,7 +80,8 @@ class ParityReport:
     @classmethod
     def read(cls, folder: Path) -> ParityReport:
         raw = json.loads((Path(folder) / PARITY_FILE).read_text())
-        return cls([Check(**c) for c in raw["checks"]])
+        return cls([Check(**c) for c in raw["checks"]],
+                   inputs=str(raw.get("inputs", "random normal inputs")))
 
 
 def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: np.ndarray,
