@@ -49,8 +49,8 @@ def _extract_zip(archive: Path, dest: Path, max_bytes: int) -> None:
         members = zf.infolist()
         for info in members:
             _check_name(archive, info.filename)
-            mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0: made without Unix modes
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise DataError(f"{archive.name}: member {info.filename!r} is a link or "
                                 "special file; refused")
         _check_total(archive, sum(i.file_size for i in members), max_bytes)

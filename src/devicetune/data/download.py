@@ -7,9 +7,15 @@ result into place atomically. On any failure nothing is left behind. An existing
 the loader reads is not downloaded again.
 
 The sha256 values are pinned from other projects that download the same files (see
-``checksum_source``); a server may still serve a different file (GitHub has regenerated
-its archives before), in which case the download is refused and ``--sha256`` pins the
-new value once it is checked by other means.
+``checksum_source``). A download that does not match is refused, with the value it got;
+``--sha256`` pins another value (a different mirror or release) once a user has checked
+it by other means. ``--url`` alone keeps the pinned value: a mirror must serve the
+same bytes.
+
+FSDD's newest tag, v1.0.9, holds 2,500 recordings by 5 speakers; the team's shared
+``fsdd.npz`` was made from a later commit (26eb9aa, 3,000 recordings, adding ``lucas``).
+Its archive's sha256 could not be checked here, so it is not pinned: fetch it with
+``--url`` and ``--sha256``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ class DatasetSource:
     name: str
     file_name: str  # what the loader reads in the data folder
     url: str
-    sha256: str | None  # of the archive at ``url``; None: trust on first use
+    sha256: str  # of the archive at ``url``
     size_bytes: int | None  # the archive's known size, for the progress bar
     max_bytes: int  # a larger download is refused
     max_unpacked_bytes: int  # a larger unpacked archive is refused
@@ -75,7 +81,8 @@ DATASETS: dict[str, DatasetSource] = {
         sha256="8bc44cde129d505cbbb6b365c09f80c663f2aa77578afc634e6141a2f87100c0",
         size_bytes=11_975_353, max_bytes=60 * _MB, max_unpacked_bytes=500 * _MB,
         checksum_source="TensorFlow Datasets' checksums.tsv for spoken_digit "
-                        "(tensorflow_datasets/audio/spoken_digit)",
+                        "(tensorflow_datasets/audio/spoken_digit), the same in another "
+                        "project's pinned download",
         licence="CC BY-SA 4.0 (fsdd.npz, an adaptation, is CC BY-SA 4.0 too)",
         citation="Z. Jackson et al. Free Spoken Digit Dataset (FSDD), v1.0.9. "
                  "github.com/Jakobovski/free-spoken-digit-dataset, doi:10.5281/zenodo.1342401",
@@ -96,7 +103,6 @@ class DownloadResult:
     path: Path
     downloaded: bool  # False: a valid file was already there
     sha256: str | None = None  # of the archive, when downloaded
-    pinned: bool = True  # False: the checksum was trusted on first use
 
 
 def download_dataset(name: str, to: Path, *, url: str | None = None,
@@ -127,7 +133,7 @@ def download_dataset(name: str, to: Path, *, url: str | None = None,
             return DownloadResult(target, downloaded=False)
         say(f"{name}: {target} exists but is unreadable ({problem}); downloading it again")
     url = url or source.url
-    expected = (sha256 or source.sha256 or "").lower() or None
+    expected = (sha256 or source.sha256).lower()
     created = not to.exists()
     to.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".download", dir=to))
@@ -135,14 +141,12 @@ def download_dataset(name: str, to: Path, *, url: str | None = None,
         archive = work / "archive"
         got = _stream(url, archive, max_bytes or source.max_bytes, source, say, progress,
                       timeout_s)
-        if expected is None:
-            say(f"{name}: checksum not pinned; the archive's sha256 is {got}. Check it "
-                f"against a source you trust and pin it with --sha256 {got}")
-        elif got != expected:
+        if got != expected:
             raise DataError(f"{url}: sha256 mismatch for the downloaded file: expected "
-                            f"{expected}, got {got}; nothing was written")
-        else:
-            say(f"{name}: sha256 {got} verified")
+                            f"{expected}, got {got}; nothing was written (if you trust "
+                            "this file, pin it with --sha256)")
+        say(f"{name}: sha256 {got} verified"
+            + (" (the pinned value)" if expected == source.sha256 else " (--sha256)"))
         unpacked = extract_archive(archive, work / "unpacked",
                                    max_bytes=source.max_unpacked_bytes)
         archive.unlink()
@@ -161,7 +165,7 @@ def download_dataset(name: str, to: Path, *, url: str | None = None,
     shutil.rmtree(work, ignore_errors=True)
     say(f"{name}: wrote {target} ({_describe(name, to)})")
     say(f"{name}: licence: {source.licence}. Cite: {source.citation}")
-    return DownloadResult(target, downloaded=True, sha256=got, pinned=expected is not None)
+    return DownloadResult(target, downloaded=True, sha256=got)
 
 
 def _stream(url: str, path: Path, max_bytes: int, source: DatasetSource,
@@ -187,7 +191,7 @@ def _stream(url: str, path: Path, max_bytes: int, source: DatasetSource,
             say(f"{source.name}: downloading {url}"
                 + (f" ({size / _MB:.1f} MB)" if size else ""))
             if progress is not None:
-                progress.start(f"{source.name} {source.file_name}", size)
+                progress.start(f"{source.name}: download", size)
             with open(path, "wb") as out:
                 for chunk in response.iter_bytes(1 << 16):
                     received += len(chunk)

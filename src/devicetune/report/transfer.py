@@ -68,10 +68,12 @@ class PlainTransfer:
 
     def advance(self, n_bytes: int) -> None:
         self._done += n_bytes
-        while (self._total and self._next_quarter < 4
-               and self._done * 4 >= self._total * self._next_quarter):
-            self._say(f"{25 * self._next_quarter}%")
-            self._next_quarter += 1
+        if not self._total:
+            return
+        reached = min(3, self._done * 4 // self._total)
+        if reached >= self._next_quarter:
+            self._say(f"{25 * reached}%")
+            self._next_quarter = reached + 1
 
     def finish(self) -> None:
         if self._description:
