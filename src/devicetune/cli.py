@@ -39,8 +39,9 @@ ConfigArg = Annotated[Path, typer.Argument(help="A devicetune TOML config file."
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", help="Folder of the shared datasets "
-                 "(default: $DEVICETUNE_DATA, else ../shared/datasets)."),
+    typer.Option("--data", help="Folder of the datasets (default: $DEVICETUNE_DATA, "
+                 "else ../shared/datasets if it exists, else the folder `devicetune data "
+                 "download` writes to)."),
 ]
 
 
