@@ -28,7 +28,7 @@ keys_app = typer.Typer(help="Key pairs that sign and verify model versions.",
                        no_args_is_help=True)
 privacy_app = typer.Typer(help="Differential privacy planning.", no_args_is_help=True)
 registry_app = typer.Typer(help="The model registry and its HTTP API.", no_args_is_help=True)
-data_app = typer.Typer(help="The real datasets: download the public originals.",
+data_app = typer.Typer(help="Datasets: fetch the public originals of the real ones.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(keys_app, name="keys")
