@@ -134,7 +134,7 @@ def download_dataset(name: str, to: Path, *, url: str | None = None,
         say(f"{name}: {target} exists but is unreadable ({problem}); downloading it again")
     url = url or source.url
     expected = (sha256 or source.sha256).lower()
-    created = not to.exists()
+    created = [p for p in (to, *to.parents) if not p.exists()]  # removed if it fails
     to.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".download", dir=to))
     try:
@@ -159,8 +159,10 @@ def download_dataset(name: str, to: Path, *, url: str | None = None,
         fsync_dir(to)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-        if created and not any(to.iterdir()):
-            to.rmdir()
+        for folder in created:
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
         raise
     shutil.rmtree(work, ignore_errors=True)
     say(f"{name}: wrote {target} ({_describe(name, to)})")
