@@ -31,8 +31,8 @@ keys_app = typer.Typer(help="Key pairs that sign and verify model versions.",
                        no_args_is_help=True)
 privacy_app = typer.Typer(help="Differential privacy planning.", no_args_is_help=True)
 registry_app = typer.Typer(help="The model registry and its HTTP API.", no_args_is_help=True)
-data_app = typer.Typer(help="Datasets: inspect a team's file or a fleet, fetch the public "
-                       "ones.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: inspect a team's file or a fleet; fetch the public "
+                       "originals of the real ones.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(keys_app, name="keys")
 app.add_typer(privacy_app, name="privacy")
@@ -42,8 +42,9 @@ ConfigArg = Annotated[Path, typer.Argument(help="A devicetune TOML config file."
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", help="Folder of the shared datasets "
-                 "(default: $DEVICETUNE_DATA, else ../shared/datasets)."),
+    typer.Option("--data", help="Folder of the datasets (default: $DEVICETUNE_DATA, "
+                 "else ../shared/datasets if it exists, else the folder `devicetune data "
+                 "download` writes to)."),
 ]
 
 
@@ -386,6 +387,38 @@ def registry_serve(
           f"{'signed versions only' if public_key else 'signatures not required'}; "
           "API docs at /docs", flush=True)
     serve(Registry(root, public_key=public_key), token=token, host=host, port=port)
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="har (UCI HAR, 30 people) or fsdd (spoken "
+                                        "digits, 6 speakers).")],
+    to: Annotated[Path | None, typer.Option(
+        "--to", help="Folder to write har.npz / fsdd.npz into (default: $DEVICETUNE_DATA, "
+        "else $XDG_DATA_HOME/devicetune/datasets, i.e. ~/.local/share/devicetune/datasets)."
+    )] = None,
+    url: Annotated[str | None, typer.Option(
+        help="Download from this mirror instead of the original URL.")] = None,
+    sha256: Annotated[str | None, typer.Option(
+        help="The archive's expected sha256 (default: the pinned value).")] = None,
+) -> None:
+    """Fetch a dataset's public original, check its sha256, convert it to .npz."""
+    import re
+
+    from devicetune.config import download_dir
+    from devicetune.data.download import DATASETS, download_dataset
+    from devicetune.errors import ConfigError
+    from devicetune.report.transfer import transfer_progress
+
+    if name not in DATASETS:
+        raise ConfigError(f"data download {name!r}: choose one of {', '.join(DATASETS)}")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise ConfigError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url {url!r}: expected an http:// or https:// URL")
+    download_dataset(name, download_dir(to), url=url, sha256=sha256,
+                     say=lambda line: print(line, flush=True),
+                     progress=transfer_progress())
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -15,7 +15,7 @@ Unknown keys are errors. Every error is one line naming the file, the field, the
 value and what is allowed. Relative paths are resolved against the config file's folder.
 """
 
-from devicetune.config.data_dir import resolve_data_dir
+from devicetune.config.data_dir import download_dir, resolve_data_dir
 from devicetune.config.data_file import DataFileFields
 from devicetune.config.file import (
     DevicetuneConfig,
@@ -53,6 +53,7 @@ __all__ = [
     "ServerConfig",
     "TierSpec",
     "describe_validation_error",
+    "download_dir",
     "load_config",
     "parse_config",
     "resolve_data_dir",
