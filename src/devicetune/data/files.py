@@ -71,9 +71,10 @@ def load_file(spec: DataFileFields, class_names: Sequence[str] | None = None,
             f"{where}: constant column(s) {', '.join(table.constant[:8])}: they carry no "
             "information, and a Normalization layer divides them by almost zero"),
             stacklevel=2)
-    names = {"x": "the features", "y": f"column {table.columns.get('y', 'y')!r}",
-             "user": f"column {table.columns.get('user', 'user')!r}",
-             "time": f"column {table.columns.get('time', 'time')!r}"}
+    kind = "array" if table.path.suffix.lower() == ".npz" else "column"
+    names = {"x": "array 'x'" if kind == "array" else "the features",
+             **{role: f"{kind} {table.columns.get(role, role)!r}"
+                for role in ("y", "user", "time")}}
     data = labeled_from_arrays(table.x, table.y, table.user, time=table.time,
                                class_names=class_names or table.class_names,
                                source=where, names=names)

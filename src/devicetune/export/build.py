@@ -95,6 +95,8 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     model = build_trainable_model(config.model, config.seed, data_dir,
                                   pretrain_data=pretrain_data)
     say(f"head: {model.head_source}")
+    # The data is read and checked before anything is written (a bad file loses nothing).
+    x, y, inputs = parity_rows(config, model, data_dir, fleet_data)
     model.backbone.save(out_dir / BACKBONE_FILE)
     lap("backbone")
 
@@ -105,7 +107,6 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     lap("tflite")
 
     say("checking parity: LiteRT against TensorFlow")
-    x, y, inputs = parity_rows(config, model, data_dir, fleet_data)
     ops = operator_names(flatbuffer)
     checks = [Check("tflite.builtin_ops_only", 0.0, 0.0, True, f"{len(ops)} built-in ops")]
     lite = LiteRTModel(flatbuffer)
