@@ -85,7 +85,7 @@ class NaturalPartition(_Partition):
 
     def __init__(self, data: LabeledData, users: list[int]) -> None:
         self.users = list(users)
-        super().__init__(data, [np.flatnonzero(data.user == u) for u in self.users])
+        super().__init__(data, rows_by_key(data.user, self.users))
 
     def user_of(self, device_id: int) -> str:
         return self._data.user_name(self.users[device_id])
@@ -105,7 +105,17 @@ class DirichletPartition(_Partition):
             cuts = (np.cumsum(shares)[:-1] * len(rows)).astype(int)
             for device_id, part in enumerate(np.split(rows, cuts)):
                 owner[part] = device_id
-        super().__init__(data, [np.flatnonzero(owner == d) for d in range(devices)])
+        super().__init__(data, rows_by_key(owner, list(range(devices))))
+
+
+def rows_by_key(keys: np.ndarray, wanted: list[int]) -> list[np.ndarray]:
+    """The row indices holding each wanted key, in row order: one stable sort, not a scan
+    per key (10,000 users of 600,000 rows split in milliseconds, not seconds)."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.searchsorted(ordered, wanted, side="left")
+    ends = np.searchsorted(ordered, wanted, side="right")
+    return [order[start:end] for start, end in zip(starts, ends, strict=True)]
 
 
 FleetInput = DeviceDataSource | LabeledData
