@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 PARITY_FILE = "parity.json"
 INFER_TOLERANCE = 1e-5
 TRAIN_RELATIVE_TOLERANCE = 1e-4
+ADAM_STEP_FRACTION = 0.1  # of the learning rate: see `tflite_parity`
 # The Core ML reference interpreter against TensorFlow (absolute, on probabilities and
 # on weights after an epoch).
 COREML_TOLERANCE = 1e-4
@@ -122,8 +123,18 @@ def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: n
     def weights_check(name: str, note: str) -> Check:
         ours = np.concatenate([w.ravel() for w in _ordered(lite.get_weights(), program)])
         reference = np.concatenate([w.ravel() for w in program.weights()])
-        return Check.compare(name, ours, reference, TRAIN_RELATIVE_TOLERANCE, relative=True,
-                             note=note)
+        check = Check.compare(name, ours, reference, TRAIN_RELATIVE_TOLERANCE, relative=True,
+                              note=note)
+        spec = program.optimizer_spec
+        floor = ADAM_STEP_FRACTION * spec.learning_rate
+        if spec.name != "adam" or check.tolerance >= floor:
+            return check
+        # Adam divides each step by the root of its squared-gradient average, so where a
+        # confident model's gradients are near zero, float32 rounding (TensorFlow's
+        # kernels against XNNPACK's) changes steps by up to their size. Real rows show it
+        # where random ones do not; allow a tenth of one step.
+        return Check(name, check.max_abs_diff, floor, check.max_abs_diff <= floor,
+                     f"{note}; Adam: tolerance a tenth of one step (0.1 x learning rate)")
 
     train_both(steps)
     checks.append(weights_check(f"tflite.train.{steps}_steps",
