@@ -109,7 +109,8 @@ def test_npz_arrays_are_checked(tmp_path: Path) -> None:
              class_names=np.array(["a", "b", "c"]))
     assert load_file(DataFileFields(path=path)).class_names == ("a", "b", "c")
     np.savez(path, x=x, y=np.arange(19) % 3, user=np.arange(20) % 4)
-    with pytest.raises(DataError, match="one entry per row, got array 'x' 20, array 'y' 19, array 'user' 20"):
+    with pytest.raises(DataError, match="one entry per row, got array 'x' 20, "
+                       "array 'y' 19, array 'user' 20"):
         load_file(DataFileFields(path=path))
     np.savez(path, x=x, y=np.full(20, 99), user=np.arange(20) % 4,
              class_names=np.array(["a", "b", "c"]))
