@@ -75,7 +75,8 @@ def fleet(config: ConfigArg, data: DataOpt = None,
     cfg = load_config(config)
     cfg.require("fleet", command="devicetune fleet")
     assert cfg.fleet is not None
-    source = open_fleet_data(cfg.fleet, cfg.seed, resolve_data_dir(data))
+    source = open_fleet_data(cfg.fleet, cfg.seed, resolve_data_dir(data),
+                             class_names=cfg.model.classes if cfg.model else None)
     ids = range(source.devices if limit is None else min(limit, source.devices))
     if isinstance(source, SyntheticFleet):
         summary = summarize_synthetic(source, ids)
