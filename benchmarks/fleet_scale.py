@@ -9,7 +9,7 @@ In one process, on prebuilt artifacts (``--artifacts``, else built once here):
    command also runs on another checkout (e.g. main's ``src``) in a child process.
 2. 1,000 devices a round with features cached (one warm-up round), 50 rounds: our
    stacked updates (one weighted-mean message per shard) beside the same engine
-   answering with one Flower message per device, in this process.
+   answering with one Flower message per device (5 rounds), in this process.
 3. Peak resident memory of a child process running 3 rounds of 200 devices from a
    fleet of 1,000 and from one of 10,000 (fresh processes, so neither sees the other's
    allocations).
@@ -171,6 +171,8 @@ def main() -> None:
                         help="another checkout's src/ to run scale_10k on (e.g. main)")
     parser.add_argument("--cached-rounds", type=int, default=50)
     parser.add_argument("--per-round", type=int, default=1000)
+    parser.add_argument("--per-device-rounds", type=int, default=5,
+                        help="rounds of the (slow) one-message-per-device comparison")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["scale", "cached", "memory"])
     args = parser.parse_args()
@@ -210,8 +212,9 @@ def main() -> None:
         config = cached_fleet_config(args.per_round, args.per_round, args.cached_rounds)
         runs = {
             "stacked updates": run_rounds(config, artifacts, data_dir, per_device=False),
-            "one Flower message per device": run_rounds(config, artifacts, data_dir,
-                                                        per_device=True),
+            "one Flower message per device": run_rounds(
+                cached_fleet_config(args.per_round, args.per_round, args.per_device_rounds),
+                artifacts, data_dir, per_device=True),
         }
         print(f"\n{args.per_round} devices a round, features cached, {args.cached_rounds} "
               "rounds (vectorized)\n")

@@ -185,16 +185,23 @@ def train_together(head: BatchedHead, features: list[np.ndarray], labels: list[n
     # Devices with rows at step s: those whose size exceeds s * batch_size (a prefix).
     active = [int(np.sum(sorted_sizes > s * batch_size)) for s in range(steps)]
     dim = features[0].shape[1]
+    width = steps * batch_size
+    # Every device's rows pooled once; each epoch gathers them in one fancy index.
+    pooled_x = np.concatenate([features[i] for i in order])
+    pooled_y = np.concatenate([labels[i] for i in order])
+    offsets = np.concatenate([[0], np.cumsum(sorted_sizes)[:-1]])
+    slots = (np.repeat(np.arange(count) * width, sorted_sizes)
+             + np.arange(len(pooled_y)) - np.repeat(offsets, sorted_sizes))
+    m = np.zeros((count, width), np.float32)
+    m.reshape(-1)[slots] = 1.0
     losses = np.zeros(count)
     for _ in range(instructions.local_epochs):
-        x = np.zeros((count, steps * batch_size, dim), np.float32)
-        y = np.zeros((count, steps * batch_size), np.int64)
-        m = np.zeros((count, steps * batch_size), np.float32)
-        for row, (i, rng) in enumerate(zip(order, rngs, strict=True)):
-            shuffled = rng.permutation(sizes[i])
-            x[row, :sizes[i]] = features[i][shuffled]
-            y[row, :sizes[i]] = labels[i][shuffled]
-            m[row, :sizes[i]] = 1.0
+        source = np.concatenate([offset + rng.permutation(n) for offset, rng, n
+                                 in zip(offsets, rngs, sorted_sizes, strict=True)])
+        x = np.zeros((count, width, dim), np.float32)
+        y = np.zeros((count, width), np.int64)
+        x.reshape(-1, dim)[slots] = pooled_x[source]
+        y.reshape(-1)[slots] = pooled_y[source]
         total = np.zeros(count)
         for s in range(steps):
             k, rows = active[s], slice(s * batch_size, (s + 1) * batch_size)
