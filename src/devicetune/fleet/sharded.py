@@ -11,9 +11,10 @@ weighted-mean message per shard (`RoundUpdates`): the same aggregation as one pr
 With DP-FedAvg (or a robust strategy) the strategy gets one message per device, so
 clipping is per device and the noise is added once, after the sum.
 
-Workers are fresh processes (no fork after TensorFlow); they import devicetune and
-read the data and artifacts from the same paths, so on a cluster every machine needs
-the package installed and those paths present.
+Workers are fresh processes (no fork after TensorFlow); they get the driver's
+`Population` (its data source) through Ray's object store, import devicetune and read
+the artifacts from the same path, so on a cluster every machine needs the package
+installed and the build folder at that path (and a file data source's path, if any).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from flwr.app import Message
 from devicetune.config import DevicetuneConfig
 from devicetune.fleet.grid import device_id
 from devicetune.fleet.messages import ARRAYS, CONFIG, TrainInstructions, record_to_weights
+from devicetune.fleet.population import Population
 from devicetune.fleet.round_updates import RoundUpdates
 from devicetune.fleet.stages import STAGES
 from devicetune.fleet.vectorized import VectorizedGrid
@@ -37,14 +39,12 @@ from devicetune.fleet.vectorized import VectorizedGrid
 class ShardWorker:
     """One Ray worker's devices: ``VectorizedGrid.train_shard`` on its own cache."""
 
-    def __init__(self, config: DevicetuneConfig, artifacts: str, data_dir: str,
+    def __init__(self, config: DevicetuneConfig, population: Population, artifacts: str,
                  activations: list[str], dp: tuple[float, float], shard: int) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from devicetune.device.runtime import LiteRTDevice
-        from devicetune.fleet.population import Population
 
-        assert config.fleet is not None and config.model is not None
-        population = Population.from_config(config.fleet, config.seed, Path(data_dir))
+        assert config.model is not None
         embedder = LiteRTDevice(Path(artifacts) / "model.tflite",
                                 config.model.optimizer.learning_rate)
         self.grid = VectorizedGrid(population, embedder, activations,
@@ -65,9 +65,9 @@ class ShardedGrid(VectorizedGrid):
     """A round's devices trained in shards on Ray workers.
 
     Args:
-        config: the run's config (workers build their population from it).
+        config: the run's config (the model's optimizer; the population if none is given).
         artifacts: the build folder (read by every worker).
-        data_dir: the datasets folder (read by every worker).
+        data_dir: the datasets folder (for the population, when none is given).
         ray_address: a running Ray cluster (HEAD:PORT); None starts a local Ray.
         shards: workers to use; default one per CPU Ray reports.
         The rest as `VectorizedGrid` (``embedder`` is the driver's own, unused here).
@@ -78,8 +78,6 @@ class ShardedGrid(VectorizedGrid):
                  shards: int | None = None, dp: tuple[float, float] = (1.0, 0.0),
                  population: Any = None, **kwargs: Any) -> None:
         import ray
-
-        from devicetune.fleet.population import Population
 
         assert config.fleet is not None and config.model is not None
         population = population or Population.from_config(config.fleet, config.seed,
@@ -92,9 +90,11 @@ class ShardedGrid(VectorizedGrid):
                      num_cpus=None if ray_address else (shards or os.cpu_count() or 1))
         count = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
         worker = ray.remote(num_cpus=1)(ShardWorker)
-        self.workers = [worker.remote(config, str(Path(artifacts).resolve()),
-                                      str(Path(data_dir).resolve()), activations, dp, k)
-                        for k in range(count)]
+        # The driver's population itself (its data source: synthetic, a dataset, a
+        # team's data passed in Python), sent once to the object store.
+        shared = ray.put(population)
+        self.workers = [worker.remote(config, shared, str(Path(artifacts).resolve()),
+                                      activations, dp, k) for k in range(count)]
         self.worker_stages: dict[str, float] = {}
 
     @property
