@@ -278,6 +278,9 @@ def registry_fetch(
         help="Fetch this version instead of the device's latest.")] = None,
     decryption_key: Annotated[Path | None, typer.Option(
         help="The app's PEM private key, for an encrypted version.")] = None,
+    min_version: Annotated[int | None, typer.Option(
+        help="Refuse any version below this (e.g. the newest one installed): no "
+        "rollback.")] = None,
 ) -> None:
     """Download a version as an app would: the device's latest (or --version), every
     file checked, the signature verified, decrypted if needed; OUT appears only then."""
@@ -293,7 +296,7 @@ def registry_fetch(
             print(f"{name}: device {device_id} gets version {version}"
                   + (f" (cohort {answer.cohort})" if answer.cohort else ""))
         manifest = client.fetch(name, version, out, public_key=public_key,
-                                decryption_key=decryption_key)
+                                decryption_key=decryption_key, min_version=min_version)
     parent = f" (parent v{manifest.parent_version})" if manifest.parent_version else ""
     print(f"{name} v{manifest.version}{parent}: signature and hashes verified; "
           f"{', '.join(sorted(manifest.files))} in {out}")

@@ -98,8 +98,13 @@ class RegistryClient:
         return record
 
     def fetch(self, name: str, version: int, dest: Path, *, public_key: Path,
-              decryption_key: PrivateKey | Path | None = None) -> Manifest:
+              decryption_key: PrivateKey | Path | None = None,
+              min_version: int | None = None) -> Manifest:
         """Download, verify and (if encrypted) decrypt a version into ``dest``.
+
+        A validly signed folder is not enough: its signed manifest must name the model
+        and version asked for, so a registry (or whoever controls it) cannot serve
+        another model's release, or an older signed release, in its place.
 
         Args:
             name: the model.
@@ -108,15 +113,21 @@ class RegistryClient:
             public_key: PEM public key of the release signing key.
             decryption_key: the app's private key (object or PEM path) for an
                 encrypted version.
+            min_version: refuse any version below this one (the app keeps the newest
+                version it ever installed here, so a rollback is refused).
 
         Returns:
             The manifest of the plaintext folder now at ``dest``.
 
         Raises:
             ArtifactError: the version is not signed by ``public_key``'s pair, was
-                tampered with, or cannot be decrypted with ``decryption_key``.
+                tampered with, is another model or version than asked for, is below
+                ``min_version``, or cannot be decrypted with ``decryption_key``.
         """
         dest = Path(dest)
+        if min_version is not None and version < min_version:
+            raise ArtifactError(f"{name} version {version} is older than the minimum "
+                                f"version {min_version}; refusing a rollback")
         if dest.exists():
             raise ArtifactError(f"{dest}: already exists; fetch into a new folder")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +135,11 @@ class RegistryClient:
             signed = Path(scratch) / "signed"
             self.download(name, version, signed)
             manifest = verify_folder(signed, public_key)
+            if (manifest.name, manifest.version) != (name, version):
+                raise ArtifactError(
+                    f"asked for {name} version {version}, but the registry served a "
+                    f"signed {manifest.name} version {manifest.version}; refusing it "
+                    "(a replayed or substituted release)")
             if manifest.encryption is None:
                 os.rename(signed, dest)
                 return manifest
