@@ -281,6 +281,8 @@ def registry_fetch(
     min_version: Annotated[int | None, typer.Option(
         help="Refuse any version below this (e.g. the newest one installed): no "
         "rollback.")] = None,
+    ca_certificate: Annotated[Path | None, typer.Option(
+        help="PEM certificate to trust for an https registry.")] = None,
 ) -> None:
     """Download a version as an app would: the device's latest (or --version), every
     file checked, the signature verified, decrypted if needed; OUT appears only then."""
@@ -289,7 +291,7 @@ def registry_fetch(
 
     if version is None and not device_id:
         raise ConfigError("give --device-id (its latest under the rollout) or --version")
-    with RegistryClient(url) as client:
+    with RegistryClient(url, ca_certificate=ca_certificate) as client:
         if version is None:
             answer = client.latest(name, device_id=device_id, platform=platform)
             version = answer.version
@@ -312,13 +314,34 @@ def registry_serve(
         "neither: read-only).")] = None,
     public_key: Annotated[Path | None, typer.Option(
         help="Accept only versions signed by this PEM public key's pair.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option(
+        help="Serve without --public-key: versions are not verified, and recorded "
+        "unsigned.")] = False,
+    certificate: Annotated[Path | None, typer.Option(
+        help="PEM certificate: serve HTTPS (with --private-key).")] = None,
+    private_key: Annotated[Path | None, typer.Option(
+        help="PEM private key of --certificate.")] = None,
+    insecure: Annotated[bool, typer.Option(
+        help="Allow plain HTTP on a non-loopback --host (the token travels in "
+        "plaintext).")] = False,
 ) -> None:
-    """Serve the model registry over HTTP."""
+    """Serve the model registry over HTTP(S)."""
     import os
 
     from devicetune.artifacts.keys import load_public_key
     from devicetune.errors import ConfigError
     from devicetune.registry import Registry, serve
+    from devicetune.registry.server import is_loopback, tls_options
+
+    if public_key is None and not allow_unsigned:
+        raise ConfigError("give --public-key (the release key's public half) so every "
+                          "published version is verified, or --allow-unsigned to accept "
+                          "versions unverified")
+    tls = tls_options(certificate, private_key)
+    if not tls and not is_loopback(host) and not insecure:
+        raise ConfigError(f"--host {host} is reachable from other machines: give "
+                          "--certificate and --private-key to serve HTTPS, or --insecure "
+                          "to send the publish token in plaintext")
 
     if token_file is not None:
         try:
@@ -333,9 +356,10 @@ def registry_serve(
         load_public_key(public_key)
     print(f"registry {root}: publishing "
           f"{'needs the token' if token else 'disabled (no token)'}, "
-          f"{'signed versions only' if public_key else 'signatures not required'}; "
-          "API docs at /docs", flush=True)
-    serve(Registry(root, public_key=public_key), token=token, host=host, port=port)
+          f"{'signed versions only' if public_key else 'UNVERIFIED (--allow-unsigned)'}, "
+          f"{'HTTPS' if tls else 'plain HTTP'}; API docs at /docs", flush=True)
+    serve(Registry(root, public_key=public_key), token=token, host=host, port=port,
+          certificate=certificate, private_key=private_key)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import ssl
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,8 @@ from devicetune.registry.rollout import Assignment, LatestAnswer, RolloutPolicy
 from devicetune.registry.store import VersionRecord
 from devicetune.registry.transfer import TAR_MEDIA_TYPE, pack_folder
 
+ASSIGNMENTS_PER_REQUEST = 1_000  # the API's cap (registry.api.MAX_ASSIGNMENTS)
+
 
 class RegistryClient:
     """Talks to one registry over HTTP.
@@ -33,12 +36,22 @@ class RegistryClient:
         base_url: e.g. ``http://127.0.0.1:8080``.
         token: the publish token (needed for `publish` and `set_rollout` only).
         timeout_s: per-request timeout.
+        ca_certificate: PEM certificate(s) to trust for an https registry (default:
+            the system's trust store).
     """
 
     def __init__(self, base_url: str, *, token: str | None = None,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, ca_certificate: Path | None = None) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+        verify: bool | ssl.SSLContext = True
+        if ca_certificate is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_certificate))
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError(f"--ca-certificate {ca_certificate}: not a readable "
+                                    f"PEM certificate ({exc})") from None
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s,
+                                  verify=verify)
 
     def models(self) -> list[str]:
         """Names of the models in the registry."""
@@ -66,10 +79,13 @@ class RegistryClient:
             self._json("GET", f"/v1/models/{name}/latest", params=params))
 
     def assignments(self, name: str, device_ids: list[str]) -> list[Assignment]:
-        """The versions many devices get (at most 100,000 per call), in order."""
-        body = self._json("POST", f"/v1/models/{name}/assignments",
-                          json={"device_ids": device_ids})
-        return [Assignment.model_validate(a) for a in body["assignments"]]
+        """The versions many devices get, in order (sent 1,000 ids per request)."""
+        answers: list[Assignment] = []
+        for start in range(0, len(device_ids), ASSIGNMENTS_PER_REQUEST):
+            body = self._json("POST", f"/v1/models/{name}/assignments", json={
+                "device_ids": device_ids[start:start + ASSIGNMENTS_PER_REQUEST]})
+            answers += [Assignment.model_validate(a) for a in body["assignments"]]
+        return answers
 
     def download(self, name: str, version: int, dest: Path) -> VersionRecord:
         """Download every file of a version into the new folder ``dest``.
