@@ -179,3 +179,20 @@ def test_vectorized_engine_gives_the_inline_result(tmp_path: Path, data_dir: Pat
         with np.load(out / "inline" / "global_weights.npz") as a, \
                 np.load(out / "vectorized" / "global_weights.npz") as b:
             assert max(float(np.abs(a[k] - b[k]).max()) for k in a.files) < 1e-4
+
+
+def test_simulate_refuses_artifacts_that_do_not_match_their_manifest(tmp_path: Path
+                                                                     ) -> None:
+    from tests.artifacts.folders import write_model_folder
+
+    write_model_folder(tmp_path / "build")
+    data = bytearray((tmp_path / "build" / "model.tflite").read_bytes())
+    data[200] ^= 0x01  # one bit of one weight
+    (tmp_path / "build" / "model.tflite").write_bytes(bytes(data))
+    config = small_config()
+    result = run_cli("simulate", "--artifacts", str(tmp_path / "build"), "--out",
+                     str(tmp_path / "run"), str(_write(tmp_path, config)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "model.tflite: sha256" in result.stderr and "does not match" in result.stderr
+    assert not (tmp_path / "run").exists()

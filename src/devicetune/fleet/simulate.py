@@ -84,6 +84,9 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     progress = progress or _Silent()
     quiet_flower()
     started = time.perf_counter()
+    if artifacts is not None:  # before anything is written: a flipped bit never runs
+        from devicetune.artifacts.manifest import check_artifacts
+        check_artifacts(artifacts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / CONFIG_FILE, to_toml(config).encode())

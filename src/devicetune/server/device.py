@@ -20,7 +20,7 @@ def device_argv(config_path: Path, superlink: str, device_id: int,
                 ) -> tuple[list[str], dict[str, str]]:
     """The ``flower-supernode`` command and environment of simulated device
     ``device_id``; raises `ConfigError` / `ArtifactError` for what a user can fix."""
-    from devicetune.artifacts.manifest import read_manifest
+    from devicetune.artifacts.manifest import check_artifacts
     from devicetune.config import load_config
     from devicetune.errors import ConfigError
     from devicetune.server.processes import (
@@ -42,7 +42,7 @@ def device_argv(config_path: Path, superlink: str, device_id: int,
     node_config: dict[str, Any] = {"device-id": device_id,
                                    "config": str(Path(config_path).resolve())}
     if artifacts is not None:
-        read_manifest(artifacts)
+        check_artifacts(artifacts)
         node_config["artifacts"] = str(Path(artifacts).resolve())
     if data_dir is not None:
         node_config["data"] = str(Path(data_dir).resolve())

@@ -143,12 +143,12 @@ def _check_state_fits(out_dir: Path, strategy: str, artifacts: Path) -> None:
 def _artifacts(config: Any, out_dir: Path, data_dir: Path, given: Path | None, resume: bool,
                say: Callable[[str], None]) -> Path:
     """The build devices run: ``given``, the run's own, or a new one in the run folder."""
-    from devicetune.artifacts.manifest import read_manifest
+    from devicetune.artifacts.manifest import check_artifacts
     from devicetune.errors import ArtifactError
 
     target = Path(given).resolve() if given is not None else out_dir / "artifacts"
     if given is not None or resume:
-        read_manifest(target)  # refuses a folder that is not a build
+        check_artifacts(target)  # every file against the manifest's sha256
         if not (target / "model.tflite").is_file():
             raise ArtifactError(f"{target} has no model.tflite; devices run the TFLite "
                                 "artifact, build with export.tflite = true")
