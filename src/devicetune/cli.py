@@ -120,6 +120,10 @@ def simulate(
         result = run_simulation(cfg, out, resolve_data_dir(data), engine=engine,
                                 artifacts=artifacts, progress=progress,
                                 ray_address=ray_address or os.environ.get("RAY_ADDRESS"))
+    if result.summary.get("rounds_aggregated") == 0 and result.summary.get("rounds_run"):
+        from devicetune.errors import ServerError
+
+        raise ServerError(f"{out}: {result.summary['stopped']}")
     print_simulation(result)
 
 
