@@ -149,11 +149,14 @@ def device(config: ConfigArg,
            device_id: Annotated[int, typer.Option(help="Which simulated device to be.")],
            artifacts: Annotated[Path | None, typer.Option(
                help="The build this device runs (default: the server's).")] = None,
-           data: DataOpt = None) -> None:
+           data: DataOpt = None,
+           auth_key: Annotated[Path | None, typer.Option(
+               help="This device's private key (device-K from `devicetune keys "
+               "devices`), when the server authenticates SuperNodes.")] = None) -> None:
     """Run one simulated device as a Flower SuperNode."""
     from devicetune.server.device import become_device, device_argv
 
-    argv, env = device_argv(config, superlink, device_id, artifacts, data)
+    argv, env = device_argv(config, superlink, device_id, artifacts, data, auth_key)
     print(f"device {device_id}: a SuperNode of {superlink}", flush=True)
     become_device(argv, env)
 
@@ -195,6 +198,17 @@ def keys_generate(out: OutOpt) -> None:
 
     pair = generate_key_pair(out)
     print(f"private key: {pair.private_key} (keep it secret)\npublic key:  {pair.public_key}")
+
+
+@keys_app.command("devices")
+def keys_devices(out: OutOpt, devices: Annotated[int, typer.Option(
+        help="How many devices (0..N-1).")]) -> None:
+    """Generate a SuperNode key pair per device (for server.device_keys)."""
+    from devicetune.server.device_keys import generate_device_keys
+
+    written = generate_device_keys(out, devices)
+    print(f"{len(written)} device keys in {out}: device-K (private, for device K only) "
+          "and device-K.pub (set server.device_keys to this folder)")
 
 
 @privacy_app.command("plan")

@@ -38,9 +38,12 @@ class ServerConfig(Section):
     root_certificate: Path | None = None
     server_certificate: Path | None = None
     server_private_key: Path | None = None
+    device_keys: Path | None = Field(
+        None, description="folder of device-K.pub keys: only those SuperNodes join (TLS)")
 
     _paths = field_validator(
-        "root_certificate", "server_certificate", "server_private_key", mode="after"
+        "root_certificate", "server_certificate", "server_private_key", "device_keys",
+        mode="after"
     )(resolve_relative_path)
 
     @model_validator(mode="after")
@@ -50,6 +53,9 @@ class ServerConfig(Section):
                 f"min_devices ({self.min_devices}) cannot exceed devices_per_round "
                 f"({self.devices_per_round})"
             )
+        if self.device_keys is not None and self.insecure:
+            raise ValueError("device_keys needs insecure = false: Flower authenticates "
+                             "SuperNodes over TLS only")
         if self.secagg and self.devices_per_round < 3:
             raise ValueError("secagg needs devices_per_round >= 3 (Flower's SecAgg+)")
         return self

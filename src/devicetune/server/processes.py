@@ -171,10 +171,12 @@ class SuperLink:
             (an in-memory SuperLink forgets them, and they exit on its 401).
         log_file: the output of the SuperLink, the SuperExec and the ServerApp.
         flwr_home: Flower's home for the server side (app bundles).
+        supernode_auth: accept only SuperNodes whose keys are registered
+            (`devicetune.server.device_keys`).
     """
 
     def __init__(self, host: str, port: int, transport: Transport, database: Path,
-                 log_file: Path, flwr_home: Path) -> None:
+                 log_file: Path, flwr_home: Path, supernode_auth: bool = False) -> None:
         self.host, self.port, self.transport = host, port, transport
         self.log_file = log_file
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +185,8 @@ class SuperLink:
         self.process = self._start([
             flower_executable("flower-superlink"), *transport.superlink_args(),
             "--host", host, "--port", str(port), "--database", str(database),
-            "--isolation", "process", "--disable-runtime-dependency-installation"])
+            "--isolation", "process", "--disable-runtime-dependency-installation",
+            *(["--enable-supernode-auth"] if supernode_auth else [])])
         self.superexec: subprocess.Popen[bytes] | None = None
 
     def _start(self, command: list[str]) -> subprocess.Popen[bytes]:
@@ -249,14 +252,15 @@ def write_connection(flwr_home: Path, name: str, address: str, transport: Transp
 
 
 def supernode_command(superlink: str, transport: Transport, node_config: dict[str, Any],
-                      runtime_port: int) -> list[str]:
+                      runtime_port: int, auth_key: Path | None = None) -> list[str]:
     """``flower-supernode`` connecting to ``superlink`` with this node config. Each
     SuperNode also serves a local Runtime API for its ClientApp; on one machine every
     SuperNode needs its own port for it."""
     pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
     return [flower_executable("flower-supernode"), *transport.supernode_args(),
             "--superlink", superlink, "--node-config", pairs,
-            "--host", "127.0.0.1", "--port", str(runtime_port)]
+            "--host", "127.0.0.1", "--port", str(runtime_port),
+            *(["--auth-supernode-private-key", str(auth_key)] if auth_key else [])]
 
 
 def device_flwr_home(device_id: int) -> Path:

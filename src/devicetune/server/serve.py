@@ -72,6 +72,11 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
     config.require("model", "fleet", command="devicetune serve")
     check_serve_config(config)
     transport = Transport.for_server(config.server)
+    keys = None
+    if config.server.device_keys is not None:
+        from devicetune.server.device_keys import public_keys
+
+        keys = public_keys(config.server.device_keys, config.fleet.devices)
     out_dir = Path(out_dir).resolve()
     with hold_run_folder(out_dir, wait_s=15.0):  # only checks: the ServerApp holds it
         first_round = _check_state(out_dir, resume, config.server.strategy)
@@ -96,10 +101,14 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
     (out_dir / OUTCOME_FILE).unlink(missing_ok=True)
     superlink = SuperLink(config.server.host, config.server.port, transport,
                           out_dir / "flower" / "superlink.db", out_dir / "superlink.log",
-                          flwr_home)
+                          flwr_home, supernode_auth=keys is not None)
     try:
         superlink.wait_until_ready()
         say(f"SuperLink on {superlink.address} ({transport.describe()})")
+        if keys is not None:
+            _register_devices(keys, out_dir, flwr_home, superlink.address, transport)
+            say(f"SuperNode authentication: {len(keys)} device keys registered; devices "
+                "join with --auth-key")
         say(f"devices join with: devicetune device {config_path} --superlink "
             f"{superlink.address} --device-id K")
         run_id = _submit(app_dir, flwr_home, superlink.address, transport)
@@ -200,6 +209,21 @@ def _flwr(args: list[str], flwr_home: Path, timeout_s: float = 120.0) -> dict[st
         reason = answer.get("error-message") or (done.stderr or done.stdout).strip()
         raise ServerError(f"`flwr {args[0]}` failed: {' '.join(str(reason).split())[:300]}")
     return answer
+
+
+def _register_devices(keys: dict[int, Path], out_dir: Path, flwr_home: Path,
+                      address: str, transport: Any) -> None:
+    """Register each device's public key with the SuperLink; record its node id."""
+    from devicetune.server.device_keys import read_nodes, write_nodes
+    from devicetune.server.processes import write_connection
+
+    write_connection(flwr_home, CONNECTION, address, transport)
+    nodes = read_nodes(out_dir)  # a resumed run's SuperLink database keeps its keys
+    for device_id, path in sorted(keys.items()):
+        if device_id not in nodes:
+            answer = _flwr(["supernode", "register", str(path), CONNECTION], flwr_home)
+            nodes[device_id] = int(answer["node-id"])
+    write_nodes(out_dir, nodes)
 
 
 def _submit(app_dir: Path, flwr_home: Path, address: str, transport: Any) -> int:
