@@ -39,6 +39,9 @@ APP_NAME = "devicetune-serve"
 # How often `serve` asks Flower whether the run is still alive (the ServerApp's own
 # outcome.json usually says it first).
 _STATUS_EVERY_S = 10.0
+# Consecutive unanswered status queries (one every _STATUS_EVERY_S) before `serve`
+# gives up on a SuperLink that is alive but no longer answers.
+_STATUS_TRIES = 6
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ def _follow(out_dir: Path, superlink: Any, run_id: int, flwr_home: Path, rounds:
     metrics, seen = out_dir / METRICS_FILE, committed
     versions, versions_seen = out_dir / VERSIONS_FILE, len(_rows(out_dir / VERSIONS_FILE))
     next_status = time.monotonic() + _STATUS_EVERY_S
+    unanswered = 0
     while True:
         rows = _rows(metrics)
         for row in rows[seen:]:
@@ -264,12 +268,21 @@ def _follow(out_dir: Path, superlink: Any, run_id: int, flwr_home: Path, rounds:
             raise ServerError(f"the SuperLink exited (code {superlink.process.returncode}) "
                               f"during the run; see {superlink.log_file}")
         if time.monotonic() >= next_status:
-            status, details = _run_status(run_id, flwr_home)
+            next_status = time.monotonic() + _STATUS_EVERY_S
+            try:
+                status, details = _run_status(run_id, flwr_home)
+                unanswered = 0
+            except ServerError:
+                # A SuperLink that is alive but slow to answer (20 devices on two
+                # cores) is not a failed run; one that stops answering for good is.
+                unanswered += 1
+                if unanswered >= _STATUS_TRIES:
+                    raise
+                continue
             if status.startswith("finished") and read_outcome(out_dir) is None:
                 details = details.removeprefix("ServerApp failed with exception: ")
                 raise ServerError(f"the ServerApp ended ({status}) before finishing: "
                                   f"{' '.join(details.split())}; see {out_dir / 'server.log'}")
-            next_status = time.monotonic() + _STATUS_EVERY_S
         time.sleep(0.5)
     rows = _rows(metrics)
     for row in rows[seen:]:
