@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from devicetune.config import DevicetuneConfig, load_config, to_toml
+from devicetune.config import DevicetuneConfig, load_config, parse_config, to_toml
 from devicetune.errors import ConfigError
+from tests.conftest import run_cli
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,3 +180,57 @@ def test_require_names_the_missing_section(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, SERVER))
     with pytest.raises(ConfigError, match=r"section \[fleet\] is required by devicetune sim"):
         config.require("fleet", command="devicetune simulate")
+
+
+UNBOUNDED = [
+    # (config text, the field the message must name, words it must contain): each was
+    # accepted before, silently (inf, huge, bool or string for a number)
+    ("[server]\nround_timeout_s = inf\n", "server.round_timeout_s", "finite"),
+    ("[server]\nround_timeout_s = 1e308\n", "server.round_timeout_s", "less than"),
+    ("[server]\nmax_update_norm = inf\n", "server.max_update_norm", "finite"),
+    ("[server]\nserver_learning_rate = inf\n", "server.server_learning_rate", "finite"),
+    ("[server]\nserver_learning_rate = nan\n", "server.server_learning_rate", "finite"),
+    ("[privacy]\nnoise_multiplier = inf\n", "privacy.noise_multiplier", "finite"),
+    ("[fleet]\ndevices = true\n", "fleet.devices", "not true/false"),
+    ('[fleet]\ndevices = "5"\n', "fleet.devices", "not a string"),
+    ("[fleet]\ndevices = 5.5\n", "fleet.devices", "integer"),
+    ("[fleet]\ndevices = 5\navailability = true\n", "fleet.availability", "true/false"),
+    ("[server]\nsecagg = 1\n", "server.secagg", "true or false"),
+    ("[server]\ndevices_per_round = 1_000_000_000_000\n", "server.devices_per_round",
+     "less than"),
+    ("[fleet]\ndevices = 5\neval_devices = 10_000_000_000_000\n", "fleet.eval_devices",
+     "less than"),
+    ("[server]\nmax_retries = 1_000_000_000_000_000\n", "server.max_retries", "less than"),
+    ("seed = 1e23\n", "seed", "integer"),
+    ("seed = 100_000_000_000_000_000_000\n", "seed", "less than"),
+]
+
+
+@pytest.mark.parametrize(("text", "field", "words"), UNBOUNDED,
+                         ids=[f"{m[1]}-{i}" for i, m in enumerate(UNBOUNDED)])
+def test_numbers_are_finite_bounded_and_of_their_own_type(
+    tmp_path: Path, text: str, field: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(path))
+    assert field in message and words in message, message
+
+
+def test_deeply_nested_values_are_one_line_not_a_recursion_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "seed = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = run_cli("fleet", str(path))
+    assert result.returncode == 2, result.stderr[-500:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "nested too deeply" in result.stderr and str(path) in result.stderr
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_config({"seed": nested(3000)})
+
+
+def nested(depth: int) -> list:  # type: ignore[type-arg]
+    value: list = []  # type: ignore[type-arg]
+    for _ in range(depth):
+        value = [value]
+    return value

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         walk.title("the registry over HTTP; a phone fetches its version and verifies it")
         registry_port = free_port()
         registry = walk.start("registry", "registry", "serve", "--root",
-                              str(out / "registry"), "--port", str(registry_port))
+                              str(out / "registry"), "--port", str(registry_port),
+                              "--public-key", str(out / "keys" / "public_key.pem"))
         url = f"http://127.0.0.1:{registry_port}"
         wait_for_http(f"{url}/v1/models", registry)
         walk.run("registry", "fetch", MODEL_NAME, "--url", url, "--device-id",

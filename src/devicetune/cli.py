@@ -176,6 +176,10 @@ def simulate(
         result = run_simulation(cfg, out, resolve_data_dir(data), engine=engine,
                                 artifacts=artifacts, progress=progress,
                                 ray_address=ray_address or os.environ.get("RAY_ADDRESS"))
+    if result.summary.get("rounds_aggregated") == 0 and result.summary.get("rounds_run"):
+        from devicetune.errors import ServerError
+
+        raise ServerError(f"{out}: {result.summary['stopped']}")
     print_simulation(result)
 
 
@@ -201,11 +205,14 @@ def device(config: ConfigArg,
            device_id: Annotated[int, typer.Option(help="Which simulated device to be.")],
            artifacts: Annotated[Path | None, typer.Option(
                help="The build this device runs (default: the server's).")] = None,
-           data: DataOpt = None) -> None:
+           data: DataOpt = None,
+           auth_key: Annotated[Path | None, typer.Option(
+               help="This device's private key (device-K from `devicetune keys "
+               "devices`), when the server authenticates SuperNodes.")] = None) -> None:
     """Run one simulated device as a Flower SuperNode."""
     from devicetune.server.device import become_device, device_argv
 
-    argv, env = device_argv(config, superlink, device_id, artifacts, data)
+    argv, env = device_argv(config, superlink, device_id, artifacts, data, auth_key)
     print(f"device {device_id}: a SuperNode of {superlink}", flush=True)
     become_device(argv, env)
 
@@ -247,6 +254,17 @@ def keys_generate(out: OutOpt) -> None:
 
     pair = generate_key_pair(out)
     print(f"private key: {pair.private_key} (keep it secret)\npublic key:  {pair.public_key}")
+
+
+@keys_app.command("devices")
+def keys_devices(out: OutOpt, devices: Annotated[int, typer.Option(
+        help="How many devices (0..N-1).")]) -> None:
+    """Generate a SuperNode key pair per device (for server.device_keys)."""
+    from devicetune.server.device_keys import generate_device_keys
+
+    written = generate_device_keys(out, devices)
+    print(f"{len(written)} device keys in {out}: device-K (private, for device K only) "
+          "and device-K.pub (set server.device_keys to this folder)")
 
 
 @privacy_app.command("plan")
@@ -334,6 +352,11 @@ def registry_fetch(
         help="Fetch this version instead of the device's latest.")] = None,
     decryption_key: Annotated[Path | None, typer.Option(
         help="The app's PEM private key, for an encrypted version.")] = None,
+    min_version: Annotated[int | None, typer.Option(
+        help="Refuse any version below this (e.g. the newest one installed): no "
+        "rollback.")] = None,
+    ca_certificate: Annotated[Path | None, typer.Option(
+        help="PEM certificate to trust for an https registry.")] = None,
 ) -> None:
     """Download a version as an app would: the device's latest (or --version), every
     file checked, the signature verified, decrypted if needed; OUT appears only then."""
@@ -342,14 +365,14 @@ def registry_fetch(
 
     if version is None and not device_id:
         raise ConfigError("give --device-id (its latest under the rollout) or --version")
-    with RegistryClient(url) as client:
+    with RegistryClient(url, ca_certificate=ca_certificate) as client:
         if version is None:
             answer = client.latest(name, device_id=device_id, platform=platform)
             version = answer.version
             print(f"{name}: device {device_id} gets version {version}"
                   + (f" (cohort {answer.cohort})" if answer.cohort else ""))
         manifest = client.fetch(name, version, out, public_key=public_key,
-                                decryption_key=decryption_key)
+                                decryption_key=decryption_key, min_version=min_version)
     parent = f" (parent v{manifest.parent_version})" if manifest.parent_version else ""
     print(f"{name} v{manifest.version}{parent}: signature and hashes verified; "
           f"{', '.join(sorted(manifest.files))} in {out}")
@@ -365,13 +388,34 @@ def registry_serve(
         "neither: read-only).")] = None,
     public_key: Annotated[Path | None, typer.Option(
         help="Accept only versions signed by this PEM public key's pair.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option(
+        help="Serve without --public-key: versions are not verified, and recorded "
+        "unsigned.")] = False,
+    certificate: Annotated[Path | None, typer.Option(
+        help="PEM certificate: serve HTTPS (with --private-key).")] = None,
+    private_key: Annotated[Path | None, typer.Option(
+        help="PEM private key of --certificate.")] = None,
+    insecure: Annotated[bool, typer.Option(
+        help="Allow plain HTTP on a non-loopback --host (the token travels in "
+        "plaintext).")] = False,
 ) -> None:
-    """Serve the model registry over HTTP."""
+    """Serve the model registry over HTTP(S)."""
     import os
 
     from devicetune.artifacts.keys import load_public_key
     from devicetune.errors import ConfigError
     from devicetune.registry import Registry, serve
+    from devicetune.registry.server import is_loopback, tls_options
+
+    if public_key is None and not allow_unsigned:
+        raise ConfigError("give --public-key (the release key's public half) so every "
+                          "published version is verified, or --allow-unsigned to accept "
+                          "versions unverified")
+    tls = tls_options(certificate, private_key)
+    if not tls and not is_loopback(host) and not insecure:
+        raise ConfigError(f"--host {host} is reachable from other machines: give "
+                          "--certificate and --private-key to serve HTTPS, or --insecure "
+                          "to send the publish token in plaintext")
 
     if token_file is not None:
         try:
@@ -386,9 +430,10 @@ def registry_serve(
         load_public_key(public_key)
     print(f"registry {root}: publishing "
           f"{'needs the token' if token else 'disabled (no token)'}, "
-          f"{'signed versions only' if public_key else 'signatures not required'}; "
-          "API docs at /docs", flush=True)
-    serve(Registry(root, public_key=public_key), token=token, host=host, port=port)
+          f"{'signed versions only' if public_key else 'UNVERIFIED (--allow-unsigned)'}, "
+          f"{'HTTPS' if tls else 'plain HTTP'}; API docs at /docs", flush=True)
+    serve(Registry(root, public_key=public_key), token=token, host=host, port=port,
+          certificate=certificate, private_key=private_key)
 
 
 @data_app.command("download")

@@ -179,3 +179,39 @@ def test_vectorized_engine_gives_the_inline_result(tmp_path: Path, data_dir: Pat
         with np.load(out / "inline" / "global_weights.npz") as a, \
                 np.load(out / "vectorized" / "global_weights.npz") as b:
             assert max(float(np.abs(a[k] - b[k]).max()) for k in a.files) < 1e-4
+
+
+def test_simulate_refuses_artifacts_that_do_not_match_their_manifest(tmp_path: Path
+                                                                     ) -> None:
+    from tests.artifacts.folders import write_model_folder
+
+    write_model_folder(tmp_path / "build")
+    data = bytearray((tmp_path / "build" / "model.tflite").read_bytes())
+    data[200] ^= 0x01  # one bit of one weight
+    (tmp_path / "build" / "model.tflite").write_bytes(bytes(data))
+    config = small_config()
+    result = run_cli("simulate", "--artifacts", str(tmp_path / "build"), "--out",
+                     str(tmp_path / "run"), str(_write(tmp_path, config)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "model.tflite: sha256" in result.stderr and "does not match" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_with_no_round_at_quorum_reports_no_gain_and_exits_2(
+        tmp_path: Path, small_artifacts: Path) -> None:
+    # Every update is above the norm bound, so every one is rejected: nothing federated.
+    config = small_config(server={"max_update_norm": 1e-9})
+    result = run_cli("simulate", "--artifacts", str(small_artifacts), "--out",
+                     str(tmp_path / "run"), str(_write(tmp_path, config)))
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
+    # stderr also carries the log of every rejected update; the error is one line.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "no round reached its quorum of 2" in errors[0]
+    assert "gain" not in result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds_aggregated"] == 0 and summary["mean_gain"] is None
+    rounds = [json.loads(line) for line in
+              (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rounds and all(r["quorum"] is False for r in rounds)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from devicetune.artifacts.keys import KeyPair
-from devicetune.registry import RegistryClient, RegistryServer
+from devicetune.errors import ArtifactError
+from devicetune.registry import RegistryClient, RegistryServer, RolloutPolicy
 from tests.conftest import run_cli
 from tests.registry.conftest import signed_folder
 
@@ -43,3 +46,57 @@ def test_fetch_needs_a_device_or_a_version(server: RegistryServer, tmp_path: Pat
     result = run_cli("registry", "fetch", "har", "--url", server.url, "--public-key",
                      str(keys[0].public_key), "--out", str(tmp_path / "app"))
     assert result.returncode == 2 and "--device-id" in result.stderr, result.stderr
+
+
+def _publish(client: RegistryClient, tmp_path: Path, key: KeyPair, *versions: int,
+             name: str = "har") -> None:
+    for version in versions:
+        client.publish(signed_folder(tmp_path / f"{name}-v{version}", key, name=name,
+                                     version=version))
+
+
+def test_fetch_refuses_a_replayed_older_record_under_the_asked_version(
+        client: RegistryClient, server: RegistryServer, tmp_path: Path,
+        keys: tuple[KeyPair, KeyPair]) -> None:
+    _publish(client, tmp_path, keys[0], 1, 2, 3, 4)
+    versions = tmp_path / "root" / "models" / "har" / "versions"
+    (versions / "4.json").write_bytes((versions / "2.json").read_bytes())
+    result = run_cli("registry", "fetch", "har", "--url", server.url, "--version", "4",
+                     "--public-key", str(keys[0].public_key), "--out", str(tmp_path / "app"))
+    assert result.returncode == 2, result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "asked for har version 4" in result.stderr and "version 2" in result.stderr
+    assert not (tmp_path / "app").exists()
+    assert not list(tmp_path.glob(".app.*"))
+
+
+def test_fetch_refuses_another_models_release_under_this_name(
+        client: RegistryClient, server: RegistryServer, tmp_path: Path,
+        keys: tuple[KeyPair, KeyPair]) -> None:
+    _publish(client, tmp_path, keys[0], 1)
+    _publish(client, tmp_path, keys[0], 1, name="kws")
+    har = tmp_path / "root" / "models" / "har" / "versions" / "1.json"
+    kws = tmp_path / "root" / "models" / "kws" / "versions" / "1.json"
+    har.write_bytes(kws.read_bytes())
+    with pytest.raises(ArtifactError, match="served a signed kws version 1"):
+        client.fetch("har", 1, tmp_path / "app", public_key=keys[0].public_key)
+    assert not (tmp_path / "app").exists()
+
+
+def test_fetch_refuses_a_rollback_below_min_version(
+        client: RegistryClient, server: RegistryServer, tmp_path: Path,
+        keys: tuple[KeyPair, KeyPair]) -> None:
+    _publish(client, tmp_path, keys[0], 1, 2, 3)
+    client.set_rollout("har", RolloutPolicy(default_version=1))
+    result = run_cli("registry", "fetch", "har", "--url", server.url, "--device-id",
+                     "phone-7", "--min-version", "3", "--public-key",
+                     str(keys[0].public_key), "--out", str(tmp_path / "app"))
+    assert result.returncode == 2, result.stdout
+    assert "older than the minimum version 3" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "app").exists()
+    ok = run_cli("registry", "fetch", "har", "--url", server.url, "--version", "3",
+                 "--min-version", "3", "--public-key", str(keys[0].public_key),
+                 "--out", str(tmp_path / "app"))
+    assert ok.returncode == 0, ok.stderr
+    assert "har v3" in ok.stdout

@@ -20,7 +20,8 @@ def test_cli_serves_a_registry_that_takes_the_token_from_a_file(tmp_path: Path) 
     write_model_folder(tmp_path / "v1")
     process = subprocess.Popen(
         [sys.executable, "-m", "devicetune", "registry", "serve", "--root",
-         str(tmp_path / "root"), "--port", "0", "--token-file", str(tmp_path / "token")],
+         str(tmp_path / "root"), "--port", "0", "--token-file", str(tmp_path / "token"),
+         "--allow-unsigned"],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "DEVICETUNE_REGISTRY_TOKEN": "env-token-is-not-used"})
     try:
@@ -48,5 +49,5 @@ def test_cli_serves_a_registry_that_takes_the_token_from_a_file(tmp_path: Path) 
 def test_cli_refuses_an_empty_token_file(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("\n")
     result = run_cli("registry", "serve", "--root", str(tmp_path / "root"),
-                     "--token-file", str(tmp_path / "token"))
+                     "--token-file", str(tmp_path / "token"), "--allow-unsigned")
     assert result.returncode == 2 and "is empty" in result.stderr

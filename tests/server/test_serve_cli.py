@@ -136,3 +136,16 @@ def test_resuming_a_finished_federation_does_nothing(tmp_path: Path,
     result = _serve(config, out, "--resume", "--artifacts", str(small_artifacts))
     assert result.returncode == 0, result.stderr
     assert "nothing to do: all 2 rounds are committed" in result.stdout
+
+
+def test_artifacts_that_do_not_match_their_manifest(tmp_path: Path) -> None:
+    from tests.artifacts.folders import write_model_folder
+
+    write_model_folder(tmp_path / "build")
+    data = bytearray((tmp_path / "build" / "model.tflite").read_bytes())
+    data[200] ^= 0x01
+    (tmp_path / "build" / "model.tflite").write_bytes(bytes(data))
+    config, _ = serve_config(tmp_path)
+    result = _serve(config, tmp_path / "run", "--artifacts", str(tmp_path / "build"))
+    _one_line_error(result, "model.tflite: sha256", "does not match")
+    assert not (tmp_path / "run" / "flower").exists()

@@ -176,3 +176,41 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+RUNTIME_FILES = ("model.tflite", "Model.mlmodel")
+
+
+def check_artifacts(folder: Path) -> Manifest:
+    """Check a build folder before anything runs it: every file its manifest lists is
+    there with the listed sha256, and the model files the runtimes open are listed.
+
+    Unlike `signing.check_folder`, files the manifest does not list may sit beside the
+    listed ones (nothing opens them), but ``model.tflite`` or ``Model.mlmodel`` may not:
+    they are what a simulated device runs.
+
+    Raises:
+        ArtifactError: naming the file that is missing, unlisted or has another hash
+            (a flipped bit, or another build's model).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    for name in RUNTIME_FILES:
+        if (folder / name).exists() and name not in manifest.files:
+            raise ArtifactError(f"{folder / name}: not listed in {MANIFEST_FILE}, so it "
+                                "cannot be checked; use the folder `devicetune build` wrote")
+    for name, expected in sorted(manifest.files.items()):
+        path = folder / name
+        if "/" in name or "\\" in name or name.startswith(".") or not path.is_file():
+            raise ArtifactError(f"{path}: listed in {MANIFEST_FILE} but missing; use the "
+                                "folder `devicetune build` wrote")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(f"{path}: sha256 {actual[:16]} does not match "
+                                f"{MANIFEST_FILE} ({expected[:16]}): the file is corrupt or "
+                                "from another build; rebuild or restore it")
+    for entry in (manifest.tflite, manifest.coreml):
+        if entry is not None and manifest.files.get(entry.file) != entry.sha256:
+            raise ArtifactError(f"{folder / MANIFEST_FILE}: the entry for {entry.file} "
+                                "disagrees with its listed sha256; rebuild the folder")
+    return manifest

@@ -20,7 +20,7 @@ class DevicetuneConfig(Section):
     """A whole config file. Sections a command does not use may be absent."""
 
     name: str = Field("model", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     model: HeadSpec | None = None
     export: ExportConfig = ExportConfig()
     fleet: FleetConfig | None = None
@@ -70,6 +70,9 @@ def load_config(path: str | os.PathLike[str]) -> DevicetuneConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply to be a devicetune "
+                          "config") from None
     return parse_config(raw, source=path)
 
 
@@ -80,6 +83,10 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> DevicetuneC
         config = DevicetuneConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, source)) from None
+    except RecursionError:
+        where = f"{source}: " if source is not None else ""
+        raise ConfigError(f"{where}values nested too deeply to be a devicetune config"
+                          ) from None
     return config.model_copy(update={"source": source})
 
 
@@ -110,7 +117,10 @@ def describe_validation_error(exc: ValidationError, source: Path | None) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "[[[...]]] (nested too deeply)"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

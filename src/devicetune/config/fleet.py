@@ -100,7 +100,8 @@ class FleetConfig(Section):
         None, description="local training rate in federated rounds; default: the model's"
     )
     eval_devices: int = Field(
-        50, ge=1, description="devices whose local test data measure global accuracy"
+        50, ge=1, le=10_000_000,
+        description="devices whose local test data measure global accuracy"
     )
     data: FleetData = FleetData()
     personalization: PersonalizationConfig = PersonalizationConfig()

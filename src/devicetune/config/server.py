@@ -15,20 +15,22 @@ class ServerConfig(Section):
     """The federation: rounds, sampling, aggregation, quorum, address."""
 
     rounds: int = Field(5, ge=0, le=1_000_000, description="0: personalise the initial model")
-    devices_per_round: int = Field(10, ge=1)
+    devices_per_round: int = Field(10, ge=1, le=10_000_000)
     strategy: Literal["fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg"
-    server_learning_rate: PositiveFloat = Field(1.0, description="FedAdam eta")
+    server_learning_rate: PositiveFloat = Field(1.0, le=100.0, description="FedAdam eta")
     trimmed_fraction: float = Field(0.2, ge=0.0, lt=0.5, description="FedTrimmedAvg beta")
-    krum_byzantine: int = Field(0, ge=0, description="Krum: number of malicious devices")
-    proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term in local training")
-    max_update_norm: PositiveFloat = Field(100.0, description="updates above are rejected")
-    min_devices: int = Field(2, ge=1, description="replies a round needs")
-    round_timeout_s: PositiveFloat = 120.0
+    krum_byzantine: int = Field(0, ge=0, le=10_000_000,
+                                description="Krum: number of malicious devices")
+    proximal_mu: float = Field(0.0, ge=0.0, le=1e6, description="FedProx term in local training")
+    max_update_norm: PositiveFloat = Field(100.0, le=1e9,
+                                           description="updates above are rejected")
+    min_devices: int = Field(2, ge=1, le=10_000_000, description="replies a round needs")
+    round_timeout_s: PositiveFloat = Field(120.0, le=86_400.0, description="at most a day")
     initial_head: Literal["artifact", "fresh"] = Field(
         "artifact", description="start from the build's head, or federate one from scratch"
     )
     on_quorum_failure: Literal["retry", "stop"] = "stop"
-    max_retries: int = Field(2, ge=0)
+    max_retries: int = Field(2, ge=0, le=1000)
     secagg: bool = False
     host: str = "127.0.0.1"
     port: int = Field(9092, ge=1, le=65535)
@@ -36,9 +38,12 @@ class ServerConfig(Section):
     root_certificate: Path | None = None
     server_certificate: Path | None = None
     server_private_key: Path | None = None
+    device_keys: Path | None = Field(
+        None, description="folder of device-K.pub keys: only those SuperNodes join (TLS)")
 
     _paths = field_validator(
-        "root_certificate", "server_certificate", "server_private_key", mode="after"
+        "root_certificate", "server_certificate", "server_private_key", "device_keys",
+        mode="after"
     )(resolve_relative_path)
 
     @model_validator(mode="after")
@@ -48,6 +53,9 @@ class ServerConfig(Section):
                 f"min_devices ({self.min_devices}) cannot exceed devices_per_round "
                 f"({self.devices_per_round})"
             )
+        if self.device_keys is not None and self.insecure:
+            raise ValueError("device_keys needs insecure = false: Flower authenticates "
+                             "SuperNodes over TLS only")
         if self.secagg and self.devices_per_round < 3:
             raise ValueError("secagg needs devices_per_round >= 3 (Flower's SecAgg+)")
         return self
@@ -66,7 +74,7 @@ class PrivacyConfig(Section):
     """User-level DP at the server, its accounting and its budget."""
 
     mode: Literal["off", "fixed", "adaptive"] = "off"
-    noise_multiplier: float = Field(1.0, ge=0.0)
+    noise_multiplier: float = Field(1.0, ge=0.0, le=1e6)
     clip_norm: PositiveFloat = 1.0
     target_quantile: float = Field(0.5, gt=0.0, lt=1.0, description="adaptive clipping")
     clip_learning_rate: PositiveFloat = Field(0.2, description="adaptive clipping")
@@ -84,7 +92,7 @@ class EmitConfig(Section):
 
     enabled: bool = False
     registry: Path | None = None
-    every_rounds: int = Field(1, ge=1)
+    every_rounds: int = Field(1, ge=1, le=1_000_000)
     max_regression: float = Field(0.02, ge=0.0, le=1.0, description="accuracy, 0..1")
     private_key: Path | None = Field(None, description="PEM key that signs each version")
     encrypt_for: Path | None = Field(None, description="PEM public key of the app")

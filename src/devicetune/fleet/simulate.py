@@ -96,6 +96,9 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     progress = progress or _Silent()
     quiet_flower()
     started = time.perf_counter()
+    if artifacts is not None:  # before anything is written: a flipped bit never runs
+        from devicetune.artifacts.manifest import check_artifacts
+        check_artifacts(artifacts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / CONFIG_FILE, to_toml(config).encode())
@@ -164,6 +167,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
                        device_rounds, rounds_s, time.perf_counter() - started)
     summary["rounds_run"] = len(rounds)
     summary["stopped"] = stopped
+    _withhold_gain_without_quorum(summary, rounds, config.server.min_devices)
     if loop.device_dp_steps:
         summary["device_privacy"] = _device_privacy(loop.device_dp_steps, artifacts,
                                                     config.privacy.delta)
@@ -433,3 +437,15 @@ def _summary(config: DevicetuneConfig, results: list[PersonalizationResult],
         "device_rounds_per_s": device_rounds / rounds_s if rounds_s > 0 else None,
         "wall_s": round(wall_s, 3),
     }
+
+
+def _withhold_gain_without_quorum(summary: dict[str, Any], rounds: list[dict[str, Any]],
+                                  min_devices: int) -> None:
+    """A run none of whose rounds was aggregated federated nothing: its "gain" compares
+    personal heads with an untouched global model, so none is reported."""
+    summary["rounds_aggregated"] = sum(1 for r in rounds if r.get("quorum", True))
+    if rounds and summary["rounds_aggregated"] == 0:
+        summary["mean_gain"] = None
+        summary["stopped"] = summary["stopped"] or (
+            f"no round reached its quorum of {min_devices} valid updates (every update "
+            "rejected or missing; see metrics.jsonl), so no gain is reported")

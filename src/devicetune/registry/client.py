@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import ssl
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,8 @@ from devicetune.registry.rollout import Assignment, LatestAnswer, RolloutPolicy
 from devicetune.registry.store import VersionRecord
 from devicetune.registry.transfer import TAR_MEDIA_TYPE, pack_folder
 
+ASSIGNMENTS_PER_REQUEST = 1_000  # the API's cap (registry.api.MAX_ASSIGNMENTS)
+
 
 class RegistryClient:
     """Talks to one registry over HTTP.
@@ -33,12 +36,22 @@ class RegistryClient:
         base_url: e.g. ``http://127.0.0.1:8080``.
         token: the publish token (needed for `publish` and `set_rollout` only).
         timeout_s: per-request timeout.
+        ca_certificate: PEM certificate(s) to trust for an https registry (default:
+            the system's trust store).
     """
 
     def __init__(self, base_url: str, *, token: str | None = None,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, ca_certificate: Path | None = None) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+        verify: bool | ssl.SSLContext = True
+        if ca_certificate is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_certificate))
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError(f"--ca-certificate {ca_certificate}: not a readable "
+                                    f"PEM certificate ({exc})") from None
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s,
+                                  verify=verify)
 
     def models(self) -> list[str]:
         """Names of the models in the registry."""
@@ -66,10 +79,13 @@ class RegistryClient:
             self._json("GET", f"/v1/models/{name}/latest", params=params))
 
     def assignments(self, name: str, device_ids: list[str]) -> list[Assignment]:
-        """The versions many devices get (at most 100,000 per call), in order."""
-        body = self._json("POST", f"/v1/models/{name}/assignments",
-                          json={"device_ids": device_ids})
-        return [Assignment.model_validate(a) for a in body["assignments"]]
+        """The versions many devices get, in order (sent 1,000 ids per request)."""
+        answers: list[Assignment] = []
+        for start in range(0, len(device_ids), ASSIGNMENTS_PER_REQUEST):
+            body = self._json("POST", f"/v1/models/{name}/assignments", json={
+                "device_ids": device_ids[start:start + ASSIGNMENTS_PER_REQUEST]})
+            answers += [Assignment.model_validate(a) for a in body["assignments"]]
+        return answers
 
     def download(self, name: str, version: int, dest: Path) -> VersionRecord:
         """Download every file of a version into the new folder ``dest``.
@@ -98,8 +114,13 @@ class RegistryClient:
         return record
 
     def fetch(self, name: str, version: int, dest: Path, *, public_key: Path,
-              decryption_key: PrivateKey | Path | None = None) -> Manifest:
+              decryption_key: PrivateKey | Path | None = None,
+              min_version: int | None = None) -> Manifest:
         """Download, verify and (if encrypted) decrypt a version into ``dest``.
+
+        A validly signed folder is not enough: its signed manifest must name the model
+        and version asked for, so a registry (or whoever controls it) cannot serve
+        another model's release, or an older signed release, in its place.
 
         Args:
             name: the model.
@@ -108,15 +129,21 @@ class RegistryClient:
             public_key: PEM public key of the release signing key.
             decryption_key: the app's private key (object or PEM path) for an
                 encrypted version.
+            min_version: refuse any version below this one (the app keeps the newest
+                version it ever installed here, so a rollback is refused).
 
         Returns:
             The manifest of the plaintext folder now at ``dest``.
 
         Raises:
             ArtifactError: the version is not signed by ``public_key``'s pair, was
-                tampered with, or cannot be decrypted with ``decryption_key``.
+                tampered with, is another model or version than asked for, is below
+                ``min_version``, or cannot be decrypted with ``decryption_key``.
         """
         dest = Path(dest)
+        if min_version is not None and version < min_version:
+            raise ArtifactError(f"{name} version {version} is older than the minimum "
+                                f"version {min_version}; refusing a rollback")
         if dest.exists():
             raise ArtifactError(f"{dest}: already exists; fetch into a new folder")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +151,11 @@ class RegistryClient:
             signed = Path(scratch) / "signed"
             self.download(name, version, signed)
             manifest = verify_folder(signed, public_key)
+            if (manifest.name, manifest.version) != (name, version):
+                raise ArtifactError(
+                    f"asked for {name} version {version}, but the registry served a "
+                    f"signed {manifest.name} version {manifest.version}; refusing it "
+                    "(a replayed or substituted release)")
             if manifest.encryption is None:
                 os.rename(signed, dest)
                 return manifest

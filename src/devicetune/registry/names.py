@@ -10,7 +10,8 @@ import re
 
 from devicetune.errors import RegistryError
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME = re.compile(NAME_PATTERN.strip("^$"))
 
 
 def check_name(value: str, what: str) -> str:

@@ -16,13 +16,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from devicetune.errors import NotInRegistry
 
 BUCKETS = 10_000
+MAX_VERSION = 2**31 - 1
+
+
+def _not_bool(value: Any) -> Any:
+    # JSON `true` is not a number; pydantic's lax mode would read it as 1.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(_not_bool)]
 
 
 def bucket(name: str, device_id: str) -> int:
@@ -36,8 +47,10 @@ class RolloutArm(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: int = Field(ge=1)
-    percent: float = Field(gt=0, le=100, description="share of devices, in 0.01 steps")
+    version: Version
+    percent: Annotated[float, BeforeValidator(_not_bool)] = Field(
+        ge=100 / BUCKETS, le=100, allow_inf_nan=False, json_schema_extra={"multipleOf": 0.01},
+        description="share of devices, in 0.01 steps")
     cohort: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                                description="A/B label reported back to the device")
 
@@ -51,8 +64,8 @@ class RolloutPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    default_version: int | None = Field(
-        default=None, ge=1, description="for devices in no arm; unset = newest version")
+    default_version: Version | None = Field(
+        default=None, description="for devices in no arm; unset = newest version")
     arms: list[RolloutArm] = Field(default_factory=list)
 
     @model_validator(mode="after")

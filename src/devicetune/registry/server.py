@@ -1,26 +1,66 @@
 """Run the registry's HTTP API with uvicorn: in the foreground, or in a thread for tests.
 
 `RegistryServer` binds its socket before uvicorn starts, so port 0 picks a free port
-with no window in which another process could take it.
+with no window in which another process could take it. With a certificate and its
+private key (PEM files) both serve HTTPS only, so the publish token never crosses the
+network in plaintext.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 
+from devicetune.errors import ConfigError
 from devicetune.registry.api import create_app
 from devicetune.registry.store import Registry
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_options(certificate: Path | None, private_key: Path | None) -> dict[str, Any]:
+    """uvicorn's TLS settings for a PEM certificate and key; both or neither.
+
+    Raises:
+        ConfigError: one without the other, or a file that cannot be read.
+    """
+    if (certificate is None) != (private_key is None):
+        raise ConfigError("give --certificate and --private-key together (PEM files) to "
+                          "serve HTTPS")
+    if certificate is None or private_key is None:
+        return {}
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            certificate, private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--certificate {certificate} / --private-key {private_key}: "
+                          f"not a usable PEM certificate and key ({exc})") from None
+    return {"ssl_certfile": str(certificate), "ssl_keyfile": str(private_key)}
+
+
 def serve(registry: Registry, *, token: str | None, host: str = "127.0.0.1",
-          port: int = 8080) -> None:
-    """Serve ``registry`` until interrupted (Ctrl-C / SIGTERM)."""
+          port: int = 8080, certificate: Path | None = None,
+          private_key: Path | None = None) -> None:
+    """Serve ``registry`` until interrupted (Ctrl-C / SIGTERM); HTTPS with a certificate."""
     config = uvicorn.Config(create_app(registry, token=token), host=host, port=port,
-                            log_level="info", access_log=True)
+                            log_level="info", access_log=True,
+                            **tls_options(certificate, private_key))
     uvicorn.Server(config).run()
 
 
@@ -34,13 +74,16 @@ class RegistryServer:
     """
 
     def __init__(self, registry: Registry, *, token: str | None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, certificate: Path | None = None,
+                 private_key: Path | None = None) -> None:
+        tls = tls_options(certificate, private_key)
+        self.scheme = "https" if tls else "http"
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
         config = uvicorn.Config(create_app(registry, token=token), log_level="warning",
-                                access_log=False)
+                                access_log=False, **tls)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run,
                                         kwargs={"sockets": [self._socket]},
@@ -48,7 +91,7 @@ class RegistryServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self) -> RegistryServer:
         """Start serving; returns once the server accepts connections."""

@@ -8,10 +8,11 @@ Layout under the registry root::
     tmp/                           staging of publishes in progress
 
 A publish stages the folder under ``tmp/``, checks it (manifest hashes; the signature
-when the registry has a public key), moves its files into ``blobs/`` and writes the
-version record last, with a hard link that fails if the record exists. A reader lists
-records only, and a record names blobs that are already complete, so it sees a version
-whole or not at all; a crash mid-publish leaves orphan blobs and no version.
+when the registry has a public key, and then only is the record ``signed``), moves its
+files into ``blobs/`` and writes the version record last, with a hard link that fails
+if the record exists. A reader lists records only, and a record names blobs that are
+already complete, so it sees a version whole or not at all; a crash mid-publish leaves
+orphan blobs and no version.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from devicetune.artifacts.signing import SIGNATURE_FILE, check_folder, verify_fo
 from devicetune.atomic import atomic_write_bytes, fsync_dir
 from devicetune.errors import ArtifactError, NotInRegistry, RegistryError, VersionExists
 from devicetune.registry.names import check_name
-from devicetune.registry.rollout import Assignment, RolloutPolicy, assign
+from devicetune.registry.rollout import MAX_VERSION, Assignment, RolloutPolicy, assign
 from devicetune.registry.transfer import unpack
 
 PLATFORMS = ("android", "ios")
@@ -56,7 +57,8 @@ class VersionRecord(BaseModel):
     version: int
     parent_version: int | None
     published_at: str
-    signed: bool
+    signed: bool = Field(description="the signature was verified against the registry's "
+                         "public key at publish (false: the registry has no key)")
     encrypted: bool
     files: dict[str, FileRecord] = Field(description="every file, manifest.json included")
 
@@ -194,6 +196,16 @@ class Registry:
         return entry.file
 
     def _publish_staged(self, staging: Path, name: str | None) -> VersionRecord:
+        try:
+            return self._publish_checked(staging, name)
+        except (ArtifactError, RegistryError) as exc:
+            if isinstance(exc, VersionExists | NotInRegistry):
+                raise
+            # The staging folder is the server's business, not the publisher's.
+            message = str(exc).replace(f"{staging}/", "").replace(str(staging), "upload")
+            raise type(exc)(message) from None
+
+    def _publish_checked(self, staging: Path, name: str | None) -> VersionRecord:
         manifest = check_folder(staging)
         if name is not None and manifest.name != name:
             raise RegistryError(f"manifest.json names model {manifest.name!r}, not {name!r};"
@@ -203,7 +215,8 @@ class Registry:
             raise self._exists(manifest)
         if self.public_key is not None:
             verify_folder(staging, self.public_key)
-        signed = (staging / SIGNATURE_FILE).is_file()
+        # "signed" is a claim to readers: make it only for a signature verified here.
+        signed = self.public_key is not None and (staging / SIGNATURE_FILE).is_file()
         files = {}
         for path in sorted(staging.iterdir()):
             sha256 = sha256_file(path)
@@ -264,7 +277,7 @@ class Registry:
         return self.root / "models" / check_name(name, "model name")
 
     def _record_path(self, name: str, version: int) -> Path:
-        if version < 1:
+        if not 1 <= version <= MAX_VERSION:
             raise NotInRegistry(f"model {name!r} has no version {version}")
         return self._model_dir(name) / "versions" / f"{int(version)}.json"
 
@@ -288,4 +301,4 @@ def _parse_manifest(blob: Path) -> Manifest:
     try:
         return Manifest.model_validate_json(blob.read_bytes())
     except ValueError:
-        raise ArtifactError(f"{blob}: stored manifest does not parse") from None
+        raise ArtifactError(f"stored manifest {blob.name[:12]} does not parse") from None

@@ -6,7 +6,10 @@ A flat, uncompressed tar (models are already dense) that any shell can make::
         -H "Authorization: Bearer $TOKEN" http://HOST:PORT/v1/models/NAME/versions
 
 Unpacking trusts nothing: only regular files with plain names are taken, so an archive
-cannot write outside the staging folder (no ``..``, absolute paths, links or devices).
+cannot write outside the staging folder (no ``..``, absolute paths, links or devices),
+and what it writes is bounded by the archive's own size: a plain tar stores every byte
+of its members, so a sparse member (which `tarfile` would expand, 280 KB into 4 GiB) or
+a size field larger than the archive is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -41,16 +44,22 @@ def unpack(archive: Path, dest: Path) -> list[str]:
             duplicate name, or too many files.
     """
     names: list[str] = []
+    budget = Path(archive).stat().st_size
     try:
         with tarfile.open(archive, mode="r:") as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
                 if member.isdir() and name in ("", "."):
                     continue  # `tar -C DIR -cf - .` adds the folder itself
-                if not member.isfile():
-                    raise RegistryError(f"upload member {member.name!r} is not a regular "
-                                        "file; upload a flat folder of files")
+                if not member.isfile() or member.issparse():
+                    raise RegistryError(f"upload member {member.name[:80]!r} is not a "
+                                        "regular file; upload a flat folder of files "
+                                        "(no links, devices or sparse files)")
                 check_name(name, "file name")
+                budget -= member.size
+                if budget < 0:
+                    raise RegistryError(f"upload member {name!r} claims more bytes than "
+                                        "the upload holds; send a plain tar")
                 if name in names:
                     raise RegistryError(f"upload has {name!r} twice; upload each file once")
                 names.append(name)

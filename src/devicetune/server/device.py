@@ -16,11 +16,11 @@ from typing import Any
 
 
 def device_argv(config_path: Path, superlink: str, device_id: int,
-                artifacts: Path | None = None, data_dir: Path | None = None
-                ) -> tuple[list[str], dict[str, str]]:
+                artifacts: Path | None = None, data_dir: Path | None = None,
+                auth_key: Path | None = None) -> tuple[list[str], dict[str, str]]:
     """The ``flower-supernode`` command and environment of simulated device
     ``device_id``; raises `ConfigError` / `ArtifactError` for what a user can fix."""
-    from devicetune.artifacts.manifest import read_manifest
+    from devicetune.artifacts.manifest import check_artifacts
     from devicetune.config import load_config
     from devicetune.errors import ConfigError
     from devicetune.server.processes import (
@@ -42,12 +42,19 @@ def device_argv(config_path: Path, superlink: str, device_id: int,
     node_config: dict[str, Any] = {"device-id": device_id,
                                    "config": str(Path(config_path).resolve())}
     if artifacts is not None:
-        read_manifest(artifacts)
+        check_artifacts(artifacts)
         node_config["artifacts"] = str(Path(artifacts).resolve())
     if data_dir is not None:
         node_config["data"] = str(Path(data_dir).resolve())
+    if auth_key is not None and not Path(auth_key).is_file():
+        raise ConfigError(f"--auth-key {auth_key}: no such file (device-{device_id} from "
+                          "`devicetune keys devices`)")
+    if config.server.device_keys is not None and auth_key is None:
+        raise ConfigError(f"{config_path}: server.device_keys is set, so only devices with "
+                          f"a registered key join; pass --auth-key .../device-{device_id}")
     command = supernode_command(f"{host}:{port}", Transport.for_device(config.server),
-                                node_config, free_port())
+                                node_config, free_port(),
+                                Path(auth_key).resolve() if auth_key else None)
     home = device_flwr_home(device_id)
     home.mkdir(parents=True, exist_ok=True)
     return command, flower_env(home)

@@ -60,6 +60,7 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
     from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
+    from devicetune.server.device_keys import read_nodes
     from devicetune.server.fleet_grid import FleetGrid
     from devicetune.server.loop import FederatedLoop
     from devicetune.server.private import private_setup
@@ -96,7 +97,8 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     with hold_run_folder(out, wait_s=_LOCK_WAIT_S):
         first = _start(out, bool(getattr(settings, "resume", False)), loop, config.server,
                        artifact_sha256)
-        fleet = FleetGrid(grid, population, policy.round_timeout_s)
+        fleet = FleetGrid(grid, population, policy.round_timeout_s,
+                          registered=read_nodes(out) if config.server.device_keys else None)
         joined = fleet.wait_for_devices(min(config.server.devices_per_round,
                                             population.devices), policy.join_timeout_s)
         log.info("%d devices joined; rounds %d to %d", joined, first, config.server.rounds)

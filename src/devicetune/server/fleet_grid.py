@@ -3,8 +3,15 @@
 Flower addresses nodes; devicetune reasons about devices. Each SuperNode runs the
 devicetune ClientApp as one simulated device and answers a ``query`` message with its
 device id; the grid keeps that mapping, learns about nodes that connect later (a phone
-coming online, a SuperNode restarted with a new node id), and filters by simulated
-availability. It also freezes the set of online devices for a round, so Flower's
+coming online), and filters by simulated availability.
+
+A device id is bound to the first node that claims it, and a later claimant is refused
+and logged: a rogue SuperNode cannot take a device's place (and its weight) mid-run.
+With SuperNode authentication (``server.device_keys``) the binding is known before any
+node connects: each device's registered public key has its node id, and a node that
+claims any other device is refused. A device that restarts keeps its node id because
+it keeps its key; without keys a restarted device gets a new node and stays refused
+until the server restarts. It also freezes the set of online devices for a round, so Flower's
 sampling (which waits for as many nodes as it was told exist) never waits for a device
 that left between counting and sampling.
 """
@@ -21,8 +28,10 @@ log = logging.getLogger("devicetune.server")
 
 QUERY_DEVICE = "device-id"
 # Replies are polled at this interval (Flower's own grids sleep 3 s between polls,
-# which would dominate a round of phones that train in well under a second).
-POLL_INTERVAL_S = 0.2
+# which would dominate a round of phones that train in well under a second). Each poll
+# is a query of the SuperLink's SQLite state, which every SuperNode also writes to; at
+# 0.2 s the ServerApp alone made 5 requests a second while 20 devices waited to write.
+POLL_INTERVAL_S = 0.5
 
 
 class FleetGrid:
@@ -34,12 +43,16 @@ class FleetGrid:
         timeout_s: default reply timeout of `send_and_receive`.
     """
 
-    def __init__(self, grid: Any, population: Any, timeout_s: float | None) -> None:
+    def __init__(self, grid: Any, population: Any, timeout_s: float | None,
+                 registered: dict[int, int] | None = None) -> None:
         self.grid = grid
         self.population = population
         self.timeout_s = timeout_s
         self.server_round = 0
-        self.node_of: dict[int, int] = {}  # device id -> its current node
+        self.node_of: dict[int, int] = {}  # device id -> the node bound to it
+        # device id -> node id of its registered key (SuperNode authentication)
+        self.registered = dict(registered or {})
+        self.refused: dict[int, int] = {}  # node -> the device it claimed and was refused
         self._pending: dict[str, int] = {}  # unanswered query message id -> node
         self._asked: set[int] = set()
         self._online: list[int] = []
@@ -73,14 +86,26 @@ class FleetGrid:
                     self._asked.discard(node)  # ask again next time
                     continue
                 device = int(reply.content[METRICS][QUERY_DEVICE])
-                if self.node_of.get(device) not in (None, node):
-                    log.info("device %d moved from node %s to node %s", device,
-                             self.node_of[device], node)
-                self.node_of[device] = node
+                self._bind(device, node)
             if not self._pending or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_INTERVAL_S)
         return len(self.node_of)
+
+    def _bind(self, device: int, node: int) -> None:
+        if self.node_of.get(device) == node:
+            return
+        owner = self.registered.get(device, self.node_of.get(device))
+        if self.registered and device not in self.registered:
+            owner = -1  # a device without a registered key: nobody may be it
+        if owner in (None, node) and node not in self.node_of.values():
+            self.node_of[device] = node
+            return
+        if self.refused.get(node) != device:
+            self.refused[node] = device
+            held = "has no registered key" if owner == -1 else f"is bound to node {owner}"
+            log.warning("refused node %s: it claims device %d, which %s", node, device,
+                        held)
 
     def wait_for_devices(self, needed: int, timeout_s: float) -> int:
         """Discover until ``needed`` devices are known and every connected node has

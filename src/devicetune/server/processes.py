@@ -47,6 +47,36 @@ if os.getppid() != int(sys.argv[1]):
 os.execv(sys.argv[2], sys.argv[2:])
 """
 READY_TIMEOUT_S = 60.0
+# The SuperLink keeps its state in SQLite, and every SuperNode poll is a write (it
+# claims its messages with UPDATE ... RETURNING), as is every heartbeat and reply. With
+# 20 devices on a loaded machine a write waited more than Flower's 5 s busy_timeout,
+# failed with "database is locked", and when it was a device's reply the update was
+# lost. Writers that wait longer lose nothing; the wait is bounded.
+SQLITE_BUSY_TIMEOUT_MS = 120_000
+_SUPERLINK = f"""\
+import sys
+import flwr.supercore.sql_mixin as sql_mixin
+sql_mixin.SQLITE_PRAGMAS = tuple(
+    ("busy_timeout", "{SQLITE_BUSY_TIMEOUT_MS}") if name == "busy_timeout" else (name, value)
+    for name, value in sql_mixin.SQLITE_PRAGMAS)
+from flwr.superlink.cli import flower_superlink
+sys.argv[0] = "flower-superlink"
+sys.exit(flower_superlink())
+"""
+# A SuperNode's heartbeat call gives up after 5 s; on a loaded machine (20 devices on
+# two cores) the SuperLink answered later than that, two missed heartbeats made the node
+# "unavailable" and its update was lost. 20 s still leaves 2 x 30 s of patience.
+HEARTBEAT_CALL_TIMEOUT_S = 20
+_SUPERNODE = f"""\
+import sys
+import flwr.supercore.heartbeat as heartbeat
+import flwr.supernode.fleet_http_client as fleet_http_client
+heartbeat.HEARTBEAT_CALL_TIMEOUT = fleet_http_client.HEARTBEAT_CALL_TIMEOUT = \\
+    {HEARTBEAT_CALL_TIMEOUT_S}
+from flwr.supernode.cli import flower_supernode
+sys.argv[0] = "flower-supernode"
+sys.exit(flower_supernode())
+"""
 
 
 @dataclass(frozen=True)
@@ -171,19 +201,23 @@ class SuperLink:
             (an in-memory SuperLink forgets them, and they exit on its 401).
         log_file: the output of the SuperLink, the SuperExec and the ServerApp.
         flwr_home: Flower's home for the server side (app bundles).
+        supernode_auth: accept only SuperNodes whose keys are registered
+            (`devicetune.server.device_keys`).
     """
 
     def __init__(self, host: str, port: int, transport: Transport, database: Path,
-                 log_file: Path, flwr_home: Path) -> None:
+                 log_file: Path, flwr_home: Path, supernode_auth: bool = False) -> None:
         self.host, self.port, self.transport = host, port, transport
         self.log_file = log_file
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_file.open("ab")
         self._env = flower_env(flwr_home)
+        flower_executable("flower-superlink")  # a clear error if Flower is missing
         self.process = self._start([
-            flower_executable("flower-superlink"), *transport.superlink_args(),
+            sys.executable, "-c", _SUPERLINK, *transport.superlink_args(),
             "--host", host, "--port", str(port), "--database", str(database),
-            "--isolation", "process", "--disable-runtime-dependency-installation"])
+            "--isolation", "process", "--disable-runtime-dependency-installation",
+            *(["--enable-supernode-auth"] if supernode_auth else [])])
         self.superexec: subprocess.Popen[bytes] | None = None
 
     def _start(self, command: list[str]) -> subprocess.Popen[bytes]:
@@ -249,14 +283,16 @@ def write_connection(flwr_home: Path, name: str, address: str, transport: Transp
 
 
 def supernode_command(superlink: str, transport: Transport, node_config: dict[str, Any],
-                      runtime_port: int) -> list[str]:
+                      runtime_port: int, auth_key: Path | None = None) -> list[str]:
     """``flower-supernode`` connecting to ``superlink`` with this node config. Each
     SuperNode also serves a local Runtime API for its ClientApp; on one machine every
     SuperNode needs its own port for it."""
     pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
-    return [flower_executable("flower-supernode"), *transport.supernode_args(),
+    flower_executable("flower-supernode")  # a clear error if Flower is missing
+    return [sys.executable, "-c", _SUPERNODE, *transport.supernode_args(),
             "--superlink", superlink, "--node-config", pairs,
-            "--host", "127.0.0.1", "--port", str(runtime_port)]
+            "--host", "127.0.0.1", "--port", str(runtime_port),
+            *(["--auth-supernode-private-key", str(auth_key)] if auth_key else [])]
 
 
 def device_flwr_home(device_id: int) -> Path:

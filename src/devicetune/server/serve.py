@@ -39,6 +39,9 @@ APP_NAME = "devicetune-serve"
 # How often `serve` asks Flower whether the run is still alive (the ServerApp's own
 # outcome.json usually says it first).
 _STATUS_EVERY_S = 10.0
+# Consecutive unanswered status queries (one every _STATUS_EVERY_S) before `serve`
+# gives up on a SuperLink that is alive but no longer answers.
+_STATUS_TRIES = 6
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
     config.require("model", "fleet", command="devicetune serve")
     check_serve_config(config)
     transport = Transport.for_server(config.server)
+    keys = None
+    if config.server.device_keys is not None:
+        from devicetune.server.device_keys import public_keys
+
+        keys = public_keys(config.server.device_keys, config.fleet.devices)
     out_dir = Path(out_dir).resolve()
     with hold_run_folder(out_dir, wait_s=15.0):  # only checks: the ServerApp holds it
         first_round = _check_state(out_dir, resume, config.server.strategy)
@@ -96,10 +104,14 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
     (out_dir / OUTCOME_FILE).unlink(missing_ok=True)
     superlink = SuperLink(config.server.host, config.server.port, transport,
                           out_dir / "flower" / "superlink.db", out_dir / "superlink.log",
-                          flwr_home)
+                          flwr_home, supernode_auth=keys is not None)
     try:
         superlink.wait_until_ready()
         say(f"SuperLink on {superlink.address} ({transport.describe()})")
+        if keys is not None:
+            _register_devices(keys, out_dir, flwr_home, superlink.address, transport)
+            say(f"SuperNode authentication: {len(keys)} device keys registered; devices "
+                "join with --auth-key")
         say(f"devices join with: devicetune device {config_path} --superlink "
             f"{superlink.address} --device-id K")
         run_id = _submit(app_dir, flwr_home, superlink.address, transport)
@@ -143,12 +155,12 @@ def _check_state_fits(out_dir: Path, strategy: str, artifacts: Path) -> None:
 def _artifacts(config: Any, out_dir: Path, data_dir: Path, given: Path | None, resume: bool,
                say: Callable[[str], None]) -> Path:
     """The build devices run: ``given``, the run's own, or a new one in the run folder."""
-    from devicetune.artifacts.manifest import read_manifest
+    from devicetune.artifacts.manifest import check_artifacts
     from devicetune.errors import ArtifactError
 
     target = Path(given).resolve() if given is not None else out_dir / "artifacts"
     if given is not None or resume:
-        read_manifest(target)  # refuses a folder that is not a build
+        check_artifacts(target)  # every file against the manifest's sha256
         if not (target / "model.tflite").is_file():
             raise ArtifactError(f"{target} has no model.tflite; devices run the TFLite "
                                 "artifact, build with export.tflite = true")
@@ -202,6 +214,21 @@ def _flwr(args: list[str], flwr_home: Path, timeout_s: float = 120.0) -> dict[st
     return answer
 
 
+def _register_devices(keys: dict[int, Path], out_dir: Path, flwr_home: Path,
+                      address: str, transport: Any) -> None:
+    """Register each device's public key with the SuperLink; record its node id."""
+    from devicetune.server.device_keys import read_nodes, write_nodes
+    from devicetune.server.processes import write_connection
+
+    write_connection(flwr_home, CONNECTION, address, transport)
+    nodes = read_nodes(out_dir)  # a resumed run's SuperLink database keeps its keys
+    for device_id, path in sorted(keys.items()):
+        if device_id not in nodes:
+            answer = _flwr(["supernode", "register", str(path), CONNECTION], flwr_home)
+            nodes[device_id] = int(answer["node-id"])
+    write_nodes(out_dir, nodes)
+
+
 def _submit(app_dir: Path, flwr_home: Path, address: str, transport: Any) -> int:
     from devicetune.server.processes import write_connection
 
@@ -224,6 +251,7 @@ def _follow(out_dir: Path, superlink: Any, run_id: int, flwr_home: Path, rounds:
     metrics, seen = out_dir / METRICS_FILE, committed
     versions, versions_seen = out_dir / VERSIONS_FILE, len(_rows(out_dir / VERSIONS_FILE))
     next_status = time.monotonic() + _STATUS_EVERY_S
+    unanswered = 0
     while True:
         rows = _rows(metrics)
         for row in rows[seen:]:
@@ -240,12 +268,21 @@ def _follow(out_dir: Path, superlink: Any, run_id: int, flwr_home: Path, rounds:
             raise ServerError(f"the SuperLink exited (code {superlink.process.returncode}) "
                               f"during the run; see {superlink.log_file}")
         if time.monotonic() >= next_status:
-            status, details = _run_status(run_id, flwr_home)
+            next_status = time.monotonic() + _STATUS_EVERY_S
+            try:
+                status, details = _run_status(run_id, flwr_home)
+                unanswered = 0
+            except ServerError:
+                # A SuperLink that is alive but slow to answer (20 devices on two
+                # cores) is not a failed run; one that stops answering for good is.
+                unanswered += 1
+                if unanswered >= _STATUS_TRIES:
+                    raise
+                continue
             if status.startswith("finished") and read_outcome(out_dir) is None:
                 details = details.removeprefix("ServerApp failed with exception: ")
                 raise ServerError(f"the ServerApp ended ({status}) before finishing: "
                                   f"{' '.join(details.split())}; see {out_dir / 'server.log'}")
-            next_status = time.monotonic() + _STATUS_EVERY_S
         time.sleep(0.5)
     rows = _rows(metrics)
     for row in rows[seen:]:
