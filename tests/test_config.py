@@ -225,7 +225,9 @@ def test_deeply_nested_values_are_one_line_not_a_recursion_traceback(tmp_path: P
     assert result.returncode == 2, result.stderr[-500:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "nested too deeply" in result.stderr and str(path) in result.stderr
-    with pytest.raises(ConfigError, match="nested too deeply"):
+    # In process, whether this recurses past the limit depends on the stack already in use
+    # (and on libraries that raise the limit); either way it is one ConfigError.
+    with pytest.raises(ConfigError, match="nested too deeply|seed = .*must be a valid integer"):
         parse_config({"seed": nested(3000)})
 
 

@@ -48,6 +48,8 @@ def test_a_version_is_rebuilt_signed_published_and_runs(tmp_path: Path,
     with RegistryServer(Registry(tmp_path / "registry"), token=None) as server:
         client = RegistryClient(server.url)
         assert [v.version for v in client.versions("small")] == [1, 2]
+        # The registry verified each signature at publish, against the signing key's pair.
+        assert all(v.signed for v in client.versions("small"))
         manifest = client.fetch("small", 2, tmp_path / "app", public_key=keys.public_key)
     assert manifest.parent_version == 1 and manifest.metrics["by_platform.android"] == 0.56
     assert set(manifest.files) == {"model.tflite", "Model.mlmodel", "update.npz"}

@@ -72,7 +72,7 @@ class VersionEmitter:
         self.config = config
         self.build_dir = Path(build_dir)
         self.run_dir = Path(run_dir)
-        self.registry = Registry(emit.registry)
+        self.registry = Registry(emit.registry, public_key=self._release_public_key())
         self.base = read_manifest(self.build_dir)
         self.config_digest = hashlib.sha256(to_toml(config).encode()).hexdigest()
         versions = [r.version for r in self.registry.versions(config.name)] \
@@ -172,6 +172,18 @@ class VersionEmitter:
         encrypt_folder(plain, sealed, [load_public_key(emit.encrypt_for)])
         sign_folder(sealed, emit.private_key)
         return sealed
+
+    def _release_public_key(self) -> Path:
+        """The signing key's public half, written into the run folder, so the registry
+        verifies each version as it is published and records it as signed."""
+        from devicetune.artifacts.keys import load_private_key, public_pem
+        from devicetune.atomic import atomic_write_bytes
+
+        assert self.config.emit.private_key is not None
+        key = load_private_key(self.config.emit.private_key)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return atomic_write_bytes(self.run_dir / "release_public_key.pem",
+                                  public_pem(key.public_key()))
 
     def _publish_build(self, metrics: dict[str, Any]) -> None:
         """Version 1: the build the fleet starts from, signed."""
