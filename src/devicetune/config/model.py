@@ -122,3 +122,13 @@ class ExportConfig(Section):
     dp_clip_norm: PositiveFloat = Field(1.0, description="train_dp per-example clip norm")
     dp_noise_multiplier: float = Field(1.0, ge=0.0, description="train_dp noise / clip_norm")
     parity_steps: int = Field(100, ge=1, le=10_000, description="train steps in parity")
+    quantize: Literal["none", "float16", "int8"] = Field(
+        "none", description="how the frozen backbone's kernels are stored: float32, "
+        "float16, or int8 with a scale per output channel; the head stays float32")
+
+    @model_validator(mode="after")
+    def _knn_float_backbone(self) -> ExportConfig:
+        if self.coreml_knn and self.quantize != "none":
+            raise ValueError("coreml_knn = true needs quantize = \"none\" (the kNN model's "
+                             "parity is checked against the float32 backbone)")
+        return self

@@ -51,6 +51,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         ParityError: an artifact disagrees with TensorFlow (parity.json says where).
     """
     from devicetune.device.litert import LiteRTModel
+    from devicetune.export.quantize import quantize_tflite, quantized_model
     from devicetune.export.tflite import (
         convert_program,
         operator_names,
@@ -85,8 +86,11 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     lap("backbone")
 
     say("converting to TFLite (built-in ops only)")
+    # A quantized build ships (and is checked against) the backbone with its kernels
+    # rounded; backbone.keras above stays the float32 original (see export/quantize.py).
+    float_model, model = model, quantized_model(model, config.export.quantize)
     program = model.program(config.export)
-    flatbuffer = convert_program(program)
+    flatbuffer = quantize_tflite(convert_program(program), config.export.quantize)
     tflite_path = write_tflite(flatbuffer, out_dir)
     lap("tflite")
 
@@ -107,7 +111,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         coreml, coreml_checks = _build_coreml(model, config, shipped_weights, x, y, out_dir)
         checks += coreml_checks
         lap("coreml")
-    report = ParityReport(checks)
+    report = ParityReport(checks, _drift(float_model, model, config, x, y))
 
     tflite_entry = TFLiteEntry(
         file=tflite_path.name, sha256=sha256_file(tflite_path),
@@ -128,6 +132,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         name=config.name, version=1, created_at=datetime.now(UTC).isoformat(),
         classes=model.classes, input_shape=list(model.input_shape),
         files=files, tflite=tflite_entry, coreml=coreml.entry if coreml else None,
+        quantize=config.export.quantize,
     )
     manifest.write(out_dir)
     if not report.passed:
@@ -158,6 +163,17 @@ def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
         labels = [model.classes[int(i)] for i in y[rows]]
         checks += knn_parity(KNNReference(artifacts.knn_path), embedding, x[rows], labels)
     return artifacts, checks
+
+
+def _drift(float_model: TrainableModel, shipped: TrainableModel, config: DevicetuneConfig,
+           x: np.ndarray, y: np.ndarray) -> dict[str, float | str] | None:
+    """A quantized build's cost against the float32 model, on the parity rows."""
+    from devicetune.export.quantize import float_drift
+
+    if config.export.quantize == "none":
+        return None
+    return float_drift(float_model, shipped, config.export.quantize, x, y,
+                       real_rows=float_model.sample is not None)
 
 
 def _parity_examples(sample: LabeledData | None, input_shape: tuple[int, ...],

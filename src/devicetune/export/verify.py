@@ -58,7 +58,11 @@ class Check:
 
 @dataclass
 class ParityReport:
+    """The checks, and for a quantized build the float32 model's drift (reported, not
+    checked: each artifact must equal the quantized reference; see export/quantize)."""
+
     checks: list[Check]
+    drift: dict[str, float | str] | None = None
 
     @property
     def passed(self) -> bool:
@@ -68,7 +72,11 @@ class ParityReport:
         return [c for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict[str, object]:
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+        out: dict[str, object] = {"passed": self.passed,
+                                  "checks": [asdict(c) for c in self.checks]}
+        if self.drift is not None:
+            out["quantization_drift"] = self.drift
+        return out
 
     def write(self, folder: Path) -> Path:
         return atomic_write_json(Path(folder) / PARITY_FILE, self.to_dict())
@@ -76,7 +84,7 @@ class ParityReport:
     @classmethod
     def read(cls, folder: Path) -> ParityReport:
         raw = json.loads((Path(folder) / PARITY_FILE).read_text())
-        return cls([Check(**c) for c in raw["checks"]])
+        return cls([Check(**c) for c in raw["checks"]], raw.get("quantization_drift"))
 
 
 def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: np.ndarray,

@@ -1,0 +1,176 @@
+"""Quantized backbones: each setting builds, stays built-in and updatable, equals its
+quantized reference, still trains, and is smaller."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devicetune.artifacts.manifest import read_manifest
+from devicetune.config import parse_config
+from devicetune.errors import ConfigError
+from devicetune.export.build import build
+from devicetune.export.coreml_files import load_spec
+from devicetune.export.coreml_reference import CoreMLReference
+from devicetune.export.quantize import int8_codes, quantized_model, round_kernel
+from devicetune.export.tflite import convert_program
+
+MODES = ("float16", "int8")
+
+
+def config(quantize: str):
+    return parse_config({"name": "q", "seed": 0, "model": {
+        "classes": 3, "input_shape": [32, 3], "batch_size": 8,
+        "backbone": {"architecture": "conv1d_small", "embedding_dim": 16},
+        "head": {"type": "mlp", "hidden_units": 8},
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+    }, "export": {"parity_steps": 10, "quantize": quantize}})
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
+    """One build per quantized setting (the same seed, so the same float backbone)."""
+    return {mode: build(config(mode), tmp_path_factory.mktemp(mode), data_dir)
+            for mode in MODES}
+
+
+@pytest.fixture(scope="module")
+def float_sizes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The float32 artifacts of the same model, for the size comparison."""
+    from devicetune.export.coreml import build_coreml
+    from devicetune.model.trainable import build_trainable_model
+
+    cfg = config("none")
+    model = build_trainable_model(cfg.model, cfg.seed, data_dir)
+    out = tmp_path_factory.mktemp("float")
+    artifacts = build_coreml(model, cfg.export, out)
+    return len(convert_program(model.program(cfg.export))), artifacts.path.stat().st_size
+
+
+def test_int8_codes_round_trip_and_are_stable() -> None:
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(5, 4, 6)).astype(np.float32) * np.arange(1, 7)
+    q, scale = int8_codes(kernel, axis=2)
+    assert q.dtype == np.int8 and scale.shape == (6,)
+    assert np.abs(q).max() == 127 and np.all(np.abs(q) <= 127)
+    rounded = round_kernel(kernel, "int8")
+    assert np.all(np.abs(rounded - kernel) <= scale / 2 + 1e-7)
+    # Rounding the rounded values again changes nothing: what lets each artifact store
+    # the reference's values exactly.
+    np.testing.assert_array_equal(round_kernel(rounded, "int8"), rounded)
+    again, _ = int8_codes(rounded, axis=2)
+    np.testing.assert_array_equal(again, q)
+    half = round_kernel(kernel, "float16")
+    assert 0 < np.abs(half - kernel).max() <= np.abs(kernel).max() * 2**-11
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_setting_builds_and_passes_parity_against_its_quantized_reference(
+        builds, mode: str) -> None:
+    result = builds[mode]
+    assert result.parity.passed, [c.name for c in result.parity.failed()]
+    checks = {c.name: c for c in result.parity.checks}
+    assert checks["coreml.updatable"].passed and checks["tflite.builtin_ops_only"].passed
+    assert checks["tflite.embed"].max_abs_diff <= checks["tflite.embed"].tolerance
+    manifest = read_manifest(result.out_dir)
+    assert manifest.quantize == mode
+    assert "DEQUANTIZE" in manifest.tflite.builtin_ops
+    assert not [op for op in manifest.tflite.builtin_ops if op.startswith("CUSTOM")]
+    # The float model's drift is reported beside the checks, not as one: quantizing
+    # really moved the embedding, so "passed" above was against the quantized reference.
+    report = json.loads((result.out_dir / "parity.json").read_text())
+    drift = report["quantization_drift"]
+    assert drift["quantize"] == mode
+    assert drift["embedding_relative_error"] > 10 * checks["tflite.embed"].tolerance
+    assert 0.0 <= drift["quantized_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_only_the_backbone_is_quantized(builds, mode: str) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    out = builds[mode].out_dir
+    flatbuffer = (out / "model.tflite").read_bytes()
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    small = {"float16": schema.TensorType.FLOAT16, "int8": schema.TensorType.INT8}[mode]
+    by_signature = {}
+    for i in range(model.SignatureDefsLength()):
+        signature = model.SignatureDefs(i)
+        graph = model.Subgraphs(signature.SubgraphIndex())
+        by_signature[signature.SignatureKey().decode()] = {
+            graph.Tensors(t).Type() for t in range(graph.TensorsLength())
+            if model.Buffers(graph.Tensors(t).Buffer()).DataLength() > 0}
+    assert small in by_signature["embed"] and small in by_signature["infer"]
+    for name in ("train", "train_dp", "evaluate", "set_weights"):
+        assert small not in by_signature[name], name
+    # Core ML: the backbone's convolutions are quantized, the updatable head is float32.
+    spec = load_spec(out / "Model.mlmodel")
+    layers = spec.neuralNetworkClassifier.layers
+    convolutions = [layer.convolution.weights for layer in layers
+                    if layer.WhichOneof("layer") == "convolution"]
+    assert convolutions and all(not len(w.floatValue) for w in convolutions)
+    assert all(len(w.rawValue if mode == "int8" else w.float16Value) for w in convolutions)
+    head = [layer for layer in layers if layer.isUpdatable]
+    assert head and all(len(layer.innerProduct.weights.floatValue) for layer in head)
+
+
+def test_int8_is_smallest_and_float16_in_between(builds, float_sizes) -> None:
+    tflite_float, coreml_float = float_sizes
+    tflite = {m: (builds[m].out_dir / "model.tflite").stat().st_size for m in MODES}
+    coreml = {m: (builds[m].out_dir / "Model.mlmodel").stat().st_size for m in MODES}
+    assert tflite["int8"] < tflite["float16"] < tflite_float
+    assert coreml["int8"] < coreml["float16"] < coreml_float
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_training_a_quantized_build_lowers_the_loss_in_both_runtimes(builds, mode: str
+                                                                      ) -> None:
+    from devicetune.device.litert import LiteRTModel
+
+    out = builds[mode].out_dir
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 8).astype(np.int32)
+    lite = LiteRTModel(out / "model.tflite")
+    features = lite.embed(x)
+    mask = np.ones(8, np.float32)
+    lite.configure(0.1, 0.0)
+    losses = [lite.train(features, y, mask) for _ in range(100)]
+    assert losses[-1] < 0.7 * losses[0]
+    reference = CoreMLReference(out / "Model.mlmodel")
+    before, _ = reference.evaluate(x, y)
+    reference.update(x, y, epochs=100, learning_rate=0.1, shuffle_seed=0)
+    after, _ = reference.evaluate(x, y)
+    assert after < 0.7 * before
+
+
+def test_the_reference_is_the_backbone_with_rounded_kernels(data_dir: Path) -> None:
+    from devicetune.model.trainable import build_trainable_model
+
+    cfg = config("none")
+    model = build_trainable_model(cfg.model, cfg.seed, data_dir)
+    shipped = quantized_model(model, "int8")
+    kernels = {layer.name: layer.get_weights() for layer in shipped.feature_model.layers
+               if layer.get_weights()}
+    for layer in model.feature_model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        if type(layer).__name__ in ("Conv1D", "Dense"):
+            np.testing.assert_array_equal(kernels[layer.name][0],
+                                          round_kernel(weights[0], "int8"))
+            assert not np.array_equal(kernels[layer.name][0], weights[0])
+        for ours, original in zip(kernels[layer.name][1:], weights[1:], strict=True):
+            np.testing.assert_array_equal(ours, original)  # biases, BatchNorm, stats
+    assert shipped.layers is model.layers and shipped.backbone is model.backbone
+
+
+def test_unknown_setting_and_knn_are_refused() -> None:
+    with pytest.raises(ConfigError, match="quantize"):
+        config("int4")
+    with pytest.raises(ConfigError, match="coreml_knn"):
+        parse_config({"export": {"quantize": "int8", "coreml_knn": True}})
+
