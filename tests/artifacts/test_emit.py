@@ -103,3 +103,50 @@ def test_emitting_needs_a_signing_key(tmp_path: Path, small_artifacts: Path) -> 
     config = small_config(emit={"enabled": True, "registry": str(tmp_path / "registry")})
     with pytest.raises(ConfigError, match="emit.private_key"):
         VersionEmitter(config, small_artifacts, tmp_path / "run", {"accuracy": 0.5})
+
+
+def _kernel_buffers(flatbuffer: bytes) -> list[bytes]:
+    """The constant int8 tensors' bytes of a TFLite model (the quantized backbone)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    found = set()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            buffer = model.Buffers(tensor.Buffer())
+            if tensor.Type() == schema.TensorType.INT8 and buffer.DataLength():
+                found.add(buffer.DataAsNumpy().tobytes())
+    return sorted(found)
+
+
+def test_a_quantized_builds_versions_keep_its_backbone_and_a_float32_update(
+        tmp_path: Path, data_dir: Path, keys) -> None:
+    from devicetune.export.build import build
+
+    config = small_config(export={"parity_steps": 5, "quantize": "int8"},
+                          emit={"enabled": True, "registry": str(tmp_path / "registry"),
+                                "private_key": str(keys.private_key)})
+    build_dir = tmp_path / "build"
+    build(config.model_copy(update={"model": config.model.model_copy(update={
+        "backbone": config.model.backbone.model_copy(update={"pretrain": None})})}),
+        build_dir, data_dir)
+    emit = VersionEmitter(config, build_dir, tmp_path / "run", {"accuracy": 0.5})
+    names, weights = start_weights(build_dir)
+    new = [w + np.float32(0.01) for w in weights]
+    assert emit.emit(1, new, {"accuracy": 0.6}).emitted
+    registry = Registry(tmp_path / "registry")
+    assert registry.manifest("small", 2).quantize == "int8"
+    built = (build_dir / "model.tflite").read_bytes()
+    shipped = registry.file("small", 2, "model.tflite")[0].read_bytes()
+    # The same int8 backbone codes in version 2; only the float32 head moved.
+    assert _kernel_buffers(built) and _kernel_buffers(shipped) == _kernel_buffers(built)
+    stored = LiteRTModel(shipped).get_weights()
+    for name, expected in zip(names, new, strict=True):
+        np.testing.assert_array_equal(stored[name], expected)
+    with np.load(registry.file("small", 2, "update.npz")[0]) as update:
+        assert all(update[name].dtype == np.float32 for name in names)
+    x = np.random.default_rng(0).normal(size=(4, 128, 9)).astype(np.float32)
+    np.testing.assert_allclose(LiteRTModel(shipped).embed(x), LiteRTModel(built).embed(x),
+                               atol=1e-6)
