@@ -74,6 +74,12 @@ class VersionEmitter:
         self.run_dir = Path(run_dir)
         self.registry = Registry(emit.registry)
         self.base = read_manifest(self.build_dir)
+        if self.base.quantize == "int8_full":
+            # A rebuild would calibrate again, on rows the emitter does not have, and
+            # ship another backbone; a version must change the head only.
+            raise ConfigError("emit: versions of an export.quantize = \"int8_full\" build "
+                              "cannot be rebuilt yet; build with quantize = \"int8\" "
+                              "(int8 kernels, float activations) to emit versions")
         self.config_digest = hashlib.sha256(to_toml(config).encode()).hexdigest()
         versions = [r.version for r in self.registry.versions(config.name)] \
             if config.name in self.registry.models() else []

@@ -122,9 +122,10 @@ class ExportConfig(Section):
     dp_clip_norm: PositiveFloat = Field(1.0, description="train_dp per-example clip norm")
     dp_noise_multiplier: float = Field(1.0, ge=0.0, description="train_dp noise / clip_norm")
     parity_steps: int = Field(100, ge=1, le=10_000, description="train steps in parity")
-    quantize: Literal["none", "float16", "int8"] = Field(
-        "none", description="how the frozen backbone's kernels are stored: float32, "
-        "float16, or int8 with a scale per output channel; the head stays float32")
+    quantize: Literal["none", "float16", "int8", "int8_full"] = Field(
+        "none", description="the frozen backbone: float32, float16 or int8 kernels (one "
+        "scale per output channel), or int8_full (int8 kernels, and in LiteRT int8 "
+        "activations calibrated on the model's sample rows); the head stays float32")
 
     @model_validator(mode="after")
     def _knn_float_backbone(self) -> ExportConfig:

@@ -90,7 +90,8 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     # rounded; backbone.keras above stays the float32 original (see export/quantize.py).
     float_model, model = model, quantized_model(model, config.export.quantize)
     program = model.program(config.export)
-    flatbuffer = quantize_tflite(convert_program(program), config.export.quantize)
+    flatbuffer = quantize_tflite(convert_program(program, _calibration(model, config)),
+                                 config.export.quantize)
     tflite_path = write_tflite(flatbuffer, out_dir)
     lap("tflite")
 
@@ -101,7 +102,8 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     lite = LiteRTModel(flatbuffer)
     shipped_weights = lite.get_weights()  # before tflite_parity trains the artifact
     checks += tflite_parity(program, lite, x, y,
-                            steps=config.export.parity_steps, seed=config.seed)
+                            steps=config.export.parity_steps, seed=config.seed,
+                            **_backbone_tolerance(config))
     lap("parity")
 
     coreml = None
@@ -163,6 +165,24 @@ def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
         labels = [model.classes[int(i)] for i in y[rows]]
         checks += knn_parity(KNNReference(artifacts.knn_path), embedding, x[rows], labels)
     return artifacts, checks
+
+
+def _calibration(model: TrainableModel, config: DevicetuneConfig) -> np.ndarray | None:
+    """int8_full calibrates the backbone on the rows the parity checks use."""
+    if config.export.quantize != "int8_full":
+        return None
+    return _parity_examples(model.sample, model.input_shape, len(model.classes),
+                            config.seed)[0]
+
+
+def _backbone_tolerance(config: DevicetuneConfig) -> dict[str, object]:
+    from devicetune.export.quantize import INT8_ACTIVATION_TOLERANCE
+
+    if config.export.quantize != "int8_full":
+        return {}
+    return {"backbone_tolerance": INT8_ACTIVATION_TOLERANCE,
+            "backbone_note": "int8_full: LiteRT's backbone activations are int8, "
+                             "against the int8-kernel float reference"}
 
 
 def _drift(float_model: TrainableModel, shipped: TrainableModel, config: DevicetuneConfig,
