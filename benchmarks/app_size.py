@@ -1,10 +1,11 @@
 """App size: float32 against quantized backbones (`[export] quantize`), side by side.
 
-For the HAR model (conv1d_small pretrained on subjects 1-15) and the spoken-digits model
-(conv2d_small pretrained on FSDD speakers 0-3), the backbone is pretrained once; then,
-in one process, for each setting (none = float32, float16, int8, int8_full) the
-artifacts are built
-as `devicetune build` builds them (export.quantize) and measured:
+For the HAR model (simulations/har_build.toml: conv1d_small pretrained on subjects
+1-15) and the spoken-digits model (as examples/spoken_digits: conv2d_small pretrained on
+FSDD speakers 0-3 for 30 epochs, its embedding layer trainable on the phone), the
+backbone is pretrained once; then, in one process, for each setting (none = float32,
+float16, int8, int8_full) the artifacts are built as `devicetune build` builds them
+(export.quantize) and measured:
 
 - sizes: ``model.tflite``, ``Model.mlmodel``, the backbone's kernels, the weights-only
   update (``update.npz``, the float32 head; the same for every setting);
@@ -48,7 +49,8 @@ HAR = {"name": "har", "seed": 0, "model": {
 FSDD = {"name": "digits", "seed": 0, "model": {
     "classes": 10, "input_shape": [32, 32, 1], "batch_size": 8, "epochs": 5,
     "backbone": {"architecture": "conv2d_small", "embedding_dim": 64,
-                 "pretrain": {"dataset": "fsdd", "subjects": "0-3", "epochs": 15}},
+                 "trainable_dense_layers": 1,
+                 "pretrain": {"dataset": "fsdd", "subjects": "0-3", "epochs": 30}},
     "head": {"type": "linear"}, "optimizer": {"name": "adam", "learning_rate": 0.001}}}
 UNSEEN = {"har": list(range(16, 31)), "digits": [4, 5]}
 DATASET = {"har": "har", "digits": "fsdd"}

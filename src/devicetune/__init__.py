@@ -5,6 +5,7 @@ The public API is exactly what this module re-exports. It stays light to import:
 TensorFlow, coremltools and Flower load only inside the functions that use them.
 """
 
+from devicetune.api import build, report, simulate
 from devicetune.config import (
     DevicetuneConfig,
     EmitConfig,
@@ -17,6 +18,7 @@ from devicetune.config import (
     parse_config,
 )
 from devicetune.data import (
+    DeviceDataSource,
     LabeledData,
     SyntheticFleet,
     load_fsdd,
@@ -29,6 +31,7 @@ from devicetune.errors import (
     ConfigError,
     DataError,
     DevicetuneError,
+    DevicetuneWarning,
     ExportError,
     ParityError,
     PrivacyBudgetExceeded,
@@ -43,8 +46,10 @@ __all__ = [
     "ArtifactError",
     "ConfigError",
     "DataError",
+    "DeviceDataSource",
     "DevicetuneConfig",
     "DevicetuneError",
+    "DevicetuneWarning",
     "EmitConfig",
     "ExportConfig",
     "ExportError",
@@ -59,10 +64,13 @@ __all__ = [
     "ServerError",
     "SyntheticFleet",
     "UpdateRejected",
+    "build",
     "load_config",
     "load_fsdd",
     "load_har",
     "load_har_uci",
     "open_fleet_data",
     "parse_config",
+    "report",
+    "simulate",
 ]

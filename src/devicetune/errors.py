@@ -17,7 +17,9 @@
     └── RunFolderError              a folder is not a simulate/serve run, or unwritable
 
 Messages say what is wrong and what to change; they never need a traceback to be
-understood.
+understood. What deserves attention but stops nothing (a constant data column, parity
+on random inputs, an unadapted Normalization layer) is a `DevicetuneWarning`, which the
+CLI prints as one ``warning:`` line.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from __future__ import annotations
 
 class DevicetuneError(Exception):
     """Base of every error devicetune raises on purpose."""
+
+
+class DevicetuneWarning(UserWarning):
+    """Something a user should know that does not stop the command."""
 
 
 class ConfigError(DevicetuneError):
@@ -81,6 +87,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DevicetuneError",
+    "DevicetuneWarning",
     "ExportError",
     "NotInRegistry",
     "ParityError",

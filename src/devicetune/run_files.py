@@ -39,6 +39,7 @@ class PersonalizationResult:
     epochs: int
     kept_global: bool
     acc_naive: float | None = None
+    user: str = ""  # the person's id in the data (subject, speaker, user column)
 
     @property
     def gain(self) -> float:
@@ -73,7 +74,7 @@ def read_device(row: dict[str, str]) -> PersonalizationResult:
         n_train=int(row["n_train"]), n_test=int(row["n_test"]),
         acc_global=float(row["acc_global"]), acc_personal=float(row["acc_personal"]),
         epochs=int(row["epochs"]), kept_global=row["kept_global"].strip() == "True",
-        acc_naive=float(naive) if naive else None,
+        acc_naive=float(naive) if naive else None, user=(row.get("user") or "").strip(),
     )
     if not all(math.isfinite(v) for v in (device.acc_global, device.acc_personal)):
         raise ValueError("accuracy is not a number")

@@ -62,7 +62,8 @@ def test_uci_folder_with_misaligned_rows_is_refused(data_dir: Path, tmp_path: Pa
 
 
 def test_missing_har_file_names_the_path_and_the_variable(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"har\.npz: not found; set DEVICETUNE_DATA"):
+    with pytest.raises(DataError, match=r"har\.npz: not found; fetch it with `devicetune "
+                       r"data download har --to .*`, or set DEVICETUNE_DATA"):
         load_har(tmp_path)
 
 

@@ -15,7 +15,8 @@ Unknown keys are errors. Every error is one line naming the file, the field, the
 value and what is allowed. Relative paths are resolved against the config file's folder.
 """
 
-from devicetune.config.data_dir import resolve_data_dir
+from devicetune.config.data_dir import download_dir, resolve_data_dir
+from devicetune.config.data_file import DataFileFields
 from devicetune.config.file import (
     DevicetuneConfig,
     describe_validation_error,
@@ -36,6 +37,7 @@ from devicetune.config.server import DevicePrivacy, EmitConfig, PrivacyConfig, S
 
 __all__ = [
     "BackboneSpec",
+    "DataFileFields",
     "DevicePrivacy",
     "DevicetuneConfig",
     "EmitConfig",
@@ -51,6 +53,7 @@ __all__ = [
     "ServerConfig",
     "TierSpec",
     "describe_validation_error",
+    "download_dir",
     "load_config",
     "parse_config",
     "resolve_data_dir",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from devicetune.config.base import PositiveFloat, Probability, Section, parse_id_list
+from devicetune.config.data_file import DataFileFields
 
 
 class TierSpec(Section):
@@ -26,10 +27,11 @@ def _default_tiers() -> list[TierSpec]:
     ]
 
 
-class FleetData(Section):
-    """Where each device's data comes from and how it is split."""
+class FleetData(DataFileFields):
+    """Where each device's data comes from and how it is split: the synthetic
+    generator, a shared dataset, or a team's own file (``source = "file"``, ``path``)."""
 
-    source: Literal["synthetic", "har", "fsdd"] = "synthetic"
+    source: Literal["synthetic", "har", "fsdd", "file"] = "synthetic"
     partition: Literal["natural", "dirichlet"] = "natural"
     dirichlet_alpha: PositiveFloat = 0.5
     subjects: list[int] = Field(
@@ -39,6 +41,11 @@ class FleetData(Section):
     windows_per_device: int = Field(60, ge=4, le=10_000, description="synthetic: mean")
 
     _ids = field_validator("subjects", mode="before")(parse_id_list)
+
+    @model_validator(mode="after")
+    def _path_with_file(self) -> FleetData:
+        self.check_file_source(self.source == "file", "source")
+        return self
 
 
 class PersonalizationConfig(Section):
@@ -51,6 +58,11 @@ class PersonalizationConfig(Section):
         "fleet's own devices",
     )
     max_devices: int = Field(200, ge=1, description="personalise at most this many devices")
+    test_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="share of each person's data (the latest) kept to measure on; default: "
+        "fleet.data.test_fraction",
+    )
     epochs: int = Field(20, ge=0, le=1000, description="most epochs cross-validation may pick")
     learning_rate: PositiveFloat | None = Field(None, description="default: the model's")
     validation_fraction: float = Field(

@@ -9,12 +9,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from devicetune.config.base import PositiveFloat, Section, parse_id_list, resolve_relative_path
+from devicetune.config.data_file import DataFileFields
+
+BUILTIN_ARCHITECTURES = ("conv1d_small", "conv2d_small", "dense_small")
 
 
-class PretrainSpec(Section):
-    """Central pretraining of a built-in backbone before it ships."""
+class PretrainSpec(DataFileFields):
+    """Central pretraining of the backbone and head before they ship, on a dataset
+    slice: synthetic, a shared dataset, or a team's own file (``dataset = "file"``)."""
 
-    dataset: Literal["synthetic", "har", "fsdd"]
+    dataset: Literal["synthetic", "har", "fsdd", "file"]
     subjects: list[int] = Field(default_factory=list, description="users to pretrain on")
     epochs: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(64, ge=1)
@@ -23,29 +27,49 @@ class PretrainSpec(Section):
 
     _ids = field_validator("subjects", mode="before")(parse_id_list)
 
+    @model_validator(mode="after")
+    def _path_with_file(self) -> PretrainSpec:
+        self.check_file_source(self.dataset == "file", "dataset")
+        return self
+
 
 class BackboneSpec(Section):
     """The frozen feature extractor: a built-in architecture or a saved Keras model."""
 
-    architecture: Literal["conv1d_small", "conv2d_small"] | None = None
+    architecture: Literal["conv1d_small", "conv2d_small", "dense_small"] | None = None
     path: Path | None = Field(None, description="a .keras file")
+    head_init: Literal["auto", "model", "random", "file"] = Field(
+        "auto",
+        description="where the head's first weights come from: 'model' = the .keras "
+        "model's own last Dense layers (its trained classifier), 'random', 'file' = "
+        "head_weights; 'auto' = 'model' when those layers match the head, else 'random'",
+    )
+    head_weights: Path | None = Field(
+        None, description="head_init = 'file': a .npz of kernel_0, bias_0, kernel_1, ..."
+    )
     embedding_dim: int = Field(64, ge=2, le=4096)
     trainable_dense_layers: int = Field(
         0, ge=0, le=4, description="how many of the backbone's last Dense layers also train"
     )
     pretrain: PretrainSpec | None = None
 
-    _path = field_validator("path", mode="after")(resolve_relative_path)
+    _path = field_validator("path", "head_weights", mode="after")(resolve_relative_path)
 
     @model_validator(mode="after")
     def _one_source(self) -> BackboneSpec:
         if (self.architecture is None) == (self.path is None):
             raise ValueError(
-                "set exactly one of architecture ('conv1d_small' or 'conv2d_small') "
-                "or path (a .keras file)"
+                f"set exactly one of architecture ({', '.join(map(repr, BUILTIN_ARCHITECTURES))}"
+                ") or path (a .keras file)"
             )
         if self.path is not None and self.path.suffix != ".keras":
             raise ValueError(f"path {str(self.path)!r} must be a .keras file")
+        if (self.head_init == "file") != (self.head_weights is not None):
+            raise ValueError("head_weights (a .npz) goes with head_init = 'file', and only "
+                             "with it")
+        if self.head_init == "model" and self.path is None:
+            raise ValueError("head_init = 'model' takes the head from a .keras model: set "
+                             "path")
         return self
 
 
@@ -126,6 +150,24 @@ class ExportConfig(Section):
         "none", description="the frozen backbone: float32, float16 or int8 kernels (one "
         "scale per output channel), or int8_full (int8 kernels, and in LiteRT int8 "
         "activations calibrated on the model's sample rows); the head stays float32")
+    calibration: Literal["auto", "file", "random"] = Field(
+        "auto",
+        description="the rows parity checks run on: 'auto' = the pretraining data, else the "
+        "fleet's data, else random (with a warning); 'file' = calibration_path",
+    )
+    calibration_path: Path | None = Field(
+        None, description="calibration = 'file': a data file (.npz, .csv, .parquet)"
+    )
+    calibration_rows: int = Field(256, ge=8, le=100_000, description="rows parity uses")
+
+    _calibration = field_validator("calibration_path", mode="after")(resolve_relative_path)
+
+    @model_validator(mode="after")
+    def _calibration_file(self) -> ExportConfig:
+        if (self.calibration == "file") != (self.calibration_path is not None):
+            raise ValueError("calibration_path goes with calibration = 'file', and only "
+                             "with it")
+        return self
 
     @model_validator(mode="after")
     def _knn_float_backbone(self) -> ExportConfig:

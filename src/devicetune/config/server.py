@@ -14,7 +14,7 @@ from devicetune.config.base import PositiveFloat, Section, resolve_relative_path
 class ServerConfig(Section):
     """The federation: rounds, sampling, aggregation, quorum, address."""
 
-    rounds: int = Field(5, ge=1, le=1_000_000)
+    rounds: int = Field(5, ge=0, le=1_000_000, description="0: personalise the initial model")
     devices_per_round: int = Field(10, ge=1)
     strategy: Literal["fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg"
     server_learning_rate: PositiveFloat = Field(1.0, description="FedAdam eta")

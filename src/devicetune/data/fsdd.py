@@ -74,7 +74,7 @@ def load_fsdd(data_dir: Path) -> SpokenDigits:
     """
     path = Path(data_dir) / FSDD_FILE
     a = read_npz(path, {"audio", "offsets", "digit", "user", "user_names", "split",
-                        "sample_rate", "recording_index"})
+                        "sample_rate", "recording_index"}, dataset="fsdd")
     n = len(a["digit"])
     if len(a["offsets"]) != n + 1 or a["offsets"][-1] != len(a["audio"]):
         raise DataError(f"{path}: 'offsets' must have {n + 1} entries ending at the audio "

@@ -40,7 +40,8 @@ def load_har(data_dir: Path) -> LabeledData:
         DataError: the file is missing, unreadable, or lacks the expected arrays.
     """
     path = Path(data_dir) / HAR_FILE
-    arrays = read_npz(path, {"inertial", "label", "subject", "split", "activity_names"})
+    arrays = read_npz(path, {"inertial", "label", "subject", "split", "activity_names"},
+                      dataset="har")
     x = arrays["inertial"]
     if x.ndim != 3 or x.shape[1:] != (WINDOW_STEPS, len(CHANNELS)):
         raise DataError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,36 @@ class LabeledData:
                              f"{n}, {len(self.y)}, {len(self.user)}")
         if self.split is not None and len(self.split) != n:
             raise ValueError(f"split has length {len(self.split)}, expected {n}")
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, user: np.ndarray,
+                    time: np.ndarray | None = None,
+                    class_names: Sequence[str] | None = None) -> LabeledData:
+        """A team's own arrays, checked and put in time order.
+
+        Args:
+            x: features, one row per example, ``(n, ...)``, numbers.
+            y: labels: class indices ``0..C-1`` or class names (text).
+            user: the person each row came from (integers or text).
+            time: when each row was recorded (numbers or ISO dates); rows are ordered by
+                it within each user. Default: the order given.
+            class_names: the classes in model order (text labels are mapped onto them;
+                default: sorted label names, or ``"0".."C-1"`` for indices).
+
+        Raises:
+            DataError: lengths differ, a value is missing or not finite, a label is not
+                one of the classes, or there is only one class.
+        """
+        from devicetune.data.arrays import labeled_from_arrays
+
+        return labeled_from_arrays(x, y, user, time=time, class_names=class_names)
+
+    def user_name(self, user_id: int) -> str:
+        """The id a user had in the data (text ids are numbered; this gives them back)."""
+        names = self.meta.get("user_names")
+        if isinstance(names, list) and 0 <= user_id < len(names):
+            return str(names[user_id])
+        return str(user_id)
 
     def __len__(self) -> int:
         return len(self.x)

@@ -10,11 +10,18 @@ import numpy as np
 from devicetune.errors import DataError
 
 
-def read_npz(path: Path, required: set[str]) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, checked for the required names. No pickles."""
+def read_npz(path: Path, required: set[str], dataset: str | None = None
+             ) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, checked for the required names. No pickles.
+
+    ``dataset`` names the ``devicetune data download`` target that fetches a missing file.
+    """
     if not path.exists():
+        fetch = (f"fetch it with `devicetune data download {dataset} --to {path.parent}`, "
+                 "or " if dataset else "")
         raise DataError(
-            f"{path}: not found; set DEVICETUNE_DATA to the folder that holds {path.name}"
+            f"{path}: not found; {fetch}set DEVICETUNE_DATA to the folder that holds "
+            f"{path.name}"
         )
     try:
         with np.load(path, allow_pickle=False) as npz:

@@ -21,6 +21,7 @@ import numpy as np
 from devicetune.artifacts.manifest import Manifest, TFLiteEntry, sha256_file
 from devicetune.config import DevicetuneConfig
 from devicetune.data.labeled import LabeledData
+from devicetune.data.sources import FleetInput
 from devicetune.errors import ConfigError, ParityError
 from devicetune.export.verify import PARITY_FILE, Check, ParityReport
 
@@ -35,18 +36,29 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What a build wrote; ``head_source`` says where the head's weights came from."""
+
     out_dir: Path
     manifest: Manifest
     parity: ParityReport
     seconds: dict[str, float]
+    head_source: str = ""
 
 
 def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
-          progress: Progress | None = None) -> BuildResult:
+          progress: Progress | None = None, pretrain_data: LabeledData | None = None,
+          fleet_data: FleetInput | None = None) -> BuildResult:
     """Build, verify and describe the artifacts for ``config``.
+
+    Args:
+        pretrain_data: a team's arrays to pretrain on (``[model.backbone.pretrain]``
+            still sets epochs and rate).
+        fleet_data: the fleet's data when given in Python; parity checks run on its rows
+            when there is no pretraining data.
 
     Raises:
         ConfigError: the model section is missing or does not fit the data.
+        DataError: a data file is missing or malformed.
         ExportError: a layer or op cannot be exported.
         ParityError: an artifact disagrees with TensorFlow (parity.json says where).
     """
@@ -81,7 +93,11 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     pretrain = config.model.backbone.pretrain
     say("building the backbone" + (f" and pretraining it on {pretrain.dataset}"
                                    if pretrain else ""))
-    model = build_trainable_model(config.model, config.seed, data_dir)
+    model = build_trainable_model(config.model, config.seed, data_dir,
+                                  pretrain_data=pretrain_data)
+    say(f"head: {model.head_source}")
+    # The data is read and checked before anything is written (a bad file loses nothing).
+    x, y, inputs = parity_rows(config, model, data_dir, fleet_data)
     model.backbone.save(out_dir / BACKBONE_FILE)
     lap("backbone")
 
@@ -90,13 +106,12 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     # rounded; backbone.keras above stays the float32 original (see export/quantize.py).
     float_model, model = model, quantized_model(model, config.export.quantize)
     program = model.program(config.export)
-    flatbuffer = quantize_tflite(convert_program(program, _calibration(model, config)),
+    flatbuffer = quantize_tflite(convert_program(program, _calibration(config, x)),
                                  config.export.quantize)
     tflite_path = write_tflite(flatbuffer, out_dir)
     lap("tflite")
 
     say("checking parity: LiteRT against TensorFlow")
-    x, y = _parity_examples(model.sample, model.input_shape, len(model.classes), config.seed)
     ops = operator_names(flatbuffer)
     checks = [Check("tflite.builtin_ops_only", 0.0, 0.0, True, f"{len(ops)} built-in ops")]
     lite = LiteRTModel(flatbuffer)
@@ -113,7 +128,8 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         coreml, coreml_checks = _build_coreml(model, config, shipped_weights, x, y, out_dir)
         checks += coreml_checks
         lap("coreml")
-    report = ParityReport(checks, _drift(float_model, model, config, x, y))
+    report = ParityReport(checks, inputs=inputs,
+                          drift=_drift(float_model, model, config, x, y, inputs))
 
     tflite_entry = TFLiteEntry(
         file=tflite_path.name, sha256=sha256_file(tflite_path),
@@ -141,7 +157,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         failed = ", ".join(f"{c.name} (diff {c.max_abs_diff:.3g} > {c.tolerance:.3g})"
                            for c in report.failed())
         raise ParityError(f"parity failed: {failed}; see {out_dir / 'parity.json'}")
-    return BuildResult(out_dir, manifest, report, seconds)
+    return BuildResult(out_dir, manifest, report, seconds, head_source=model.head_source)
 
 
 def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
@@ -167,12 +183,9 @@ def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
     return artifacts, checks
 
 
-def _calibration(model: TrainableModel, config: DevicetuneConfig) -> np.ndarray | None:
+def _calibration(config: DevicetuneConfig, x: np.ndarray) -> np.ndarray | None:
     """int8_full calibrates the backbone on the rows the parity checks use."""
-    if config.export.quantize != "int8_full":
-        return None
-    return _parity_examples(model.sample, model.input_shape, len(model.classes),
-                            config.seed)[0]
+    return x if config.export.quantize == "int8_full" else None
 
 
 def _backbone_tolerance(config: DevicetuneConfig) -> dict[str, object]:
@@ -186,21 +199,80 @@ def _backbone_tolerance(config: DevicetuneConfig) -> dict[str, object]:
 
 
 def _drift(float_model: TrainableModel, shipped: TrainableModel, config: DevicetuneConfig,
-           x: np.ndarray, y: np.ndarray) -> dict[str, float | str] | None:
+           x: np.ndarray, y: np.ndarray, inputs: str) -> dict[str, float | str] | None:
     """A quantized build's cost against the float32 model, on the parity rows."""
     from devicetune.export.quantize import float_drift
 
     if config.export.quantize == "none":
         return None
-    return float_drift(float_model, shipped, config.export.quantize, x, y,
-                       real_rows=float_model.sample is not None)
+    return float_drift(float_model, shipped, config.export.quantize, x, y, rows=inputs)
 
 
-def _parity_examples(sample: LabeledData | None, input_shape: tuple[int, ...],
-                     num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real examples when the build pretrained on data, else standard normal inputs."""
-    if sample is not None:
-        return sample.x[:256], sample.y[:256]
+def parity_rows(config: DevicetuneConfig, model: TrainableModel, data_dir: Path,
+                fleet_data: FleetInput | None = None
+                ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The rows parity checks run on, and a sentence saying which (for parity.json).
+
+    Real rows, so that "passed" speaks of the data the model will see: a calibration
+    file if one is named, else the pretraining data, else the fleet's. Random normal
+    inputs only when the config names no data, with a warning (a constant feature
+    column, for one, turns random inputs into huge embeddings that real rows never give).
+    """
+    export = config.export
+    limit = export.calibration_rows
+    if export.calibration == "random":
+        return (*_random_rows(model, limit, config.seed), "random normal inputs (asked for)")
+    if export.calibration == "file":
+        from devicetune.config import DataFileFields
+        from devicetune.data.files import load_file
+
+        data = load_file(DataFileFields(path=export.calibration_path), model.classes,
+                         section="export")
+        return (*_checked(data, model, limit, "export.calibration_path"),
+                f"{min(limit, len(data))} rows of {export.calibration_path}")
+    if model.sample is not None:
+        return (*_checked(model.sample, model, limit, "model.backbone.pretrain"),
+                f"{min(limit, len(model.sample))} rows of the pretraining data")
+    if config.fleet is not None:
+        from devicetune.data.sources import open_fleet_data
+
+        source = open_fleet_data(config.fleet, config.seed, data_dir, data=fleet_data,
+                                 class_names=model.classes)
+        parts, total, device_id = [], 0, 0
+        while total < limit and device_id < source.devices:
+            part = source.device(device_id)
+            parts.append(part)
+            total += len(part)
+            device_id += 1
+        if total:
+            pooled = LabeledData(x=np.concatenate([p.x for p in parts]),
+                                 y=np.concatenate([p.y for p in parts]),
+                                 user=np.concatenate([p.user for p in parts]),
+                                 class_names=parts[0].class_names)
+            return (*_checked(pooled, model, limit, "fleet.data"),
+                    f"{min(limit, total)} rows of the fleet's data "
+                    f"({config.fleet.data.source}, {device_id} devices)")
+    import warnings
+
+    from devicetune.errors import DevicetuneWarning
+
+    warnings.warn(DevicetuneWarning(
+        "parity checks ran on random normal inputs: the config names no data (set "
+        "[export] calibration = \"file\" with calibration_path, or pretrain), so they say "
+        "little about the rows the model will see"), stacklevel=2)
+    return (*_random_rows(model, limit, config.seed), "random normal inputs (no data named)")
+
+
+def _checked(data: LabeledData, model: TrainableModel, limit: int, section: str
+             ) -> tuple[np.ndarray, np.ndarray]:
+    if data.example_shape != model.input_shape:
+        raise ConfigError(f"{section}: its examples have shape {list(data.example_shape)}, "
+                          f"the model takes {list(model.input_shape)}")
+    return data.x[:limit], data.y[:limit]
+
+
+def _random_rows(model: TrainableModel, count: int, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(256, *input_shape)).astype(np.float32)
-    return x, rng.integers(0, num_classes, 256)
+    x = rng.normal(size=(count, *model.input_shape)).astype(np.float32)
+    return x, rng.integers(0, len(model.classes), count)

@@ -7,8 +7,8 @@
 - ``"int8"``: every backbone kernel stored as int8 codes with one float32 scale per
   output channel, symmetric: ``w = q * s``, ``s = max|w| / 127``, ``q`` in -127..127.
 - ``"int8_full"``: the same int8 kernels, and in LiteRT the backbone's activations int8
-  too (full-integer, calibrated by the converter on the model's sample rows, the rows
-  the parity checks use). Core ML neural networks have no int8 activations, so the
+  too (full-integer, calibrated by the converter on the rows the parity checks use,
+  ``[export] calibration``). Core ML neural networks have no int8 activations, so the
   Core ML model is the ``"int8"`` one.
 
 Only the kernels change (biases, BatchNorm and Normalization statistics are a few hundred
@@ -337,7 +337,7 @@ def _layers(model: Any) -> list[Any]:
 
 
 def float_drift(float_model: TrainableModel, shipped: TrainableModel, mode: str,
-                x: np.ndarray, y: np.ndarray, real_rows: bool) -> dict[str, float | str]:
+                x: np.ndarray, y: np.ndarray, rows: str) -> dict[str, float | str]:
     """What quantizing cost, measured on the parity rows: the float32 model against the
     quantized one it became (both in TensorFlow). Reported beside the parity checks,
     never as one: a quantized artifact passes when it equals its quantized reference.
@@ -350,7 +350,7 @@ def float_drift(float_model: TrainableModel, shipped: TrainableModel, mode: str,
     labels = np.asarray(y).astype(np.int64)
     return {
         "quantize": mode,
-        "rows": f"{len(x)} {'real examples' if real_rows else 'standard normal inputs'}",
+        "rows": rows,
         "embedding_max_abs_error": float(np.max(np.abs(features - float_features))),
         "embedding_relative_error": float(np.max(np.abs(features - float_features)) / scale),
         "probability_max_abs_error": float(np.max(np.abs(p - float_p))),

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 PARITY_FILE = "parity.json"
 INFER_TOLERANCE = 1e-5
 TRAIN_RELATIVE_TOLERANCE = 1e-4
+ADAM_STEP_FRACTION = 0.1  # of the learning rate: see `tflite_parity`
 # The Core ML reference interpreter against TensorFlow (absolute, on probabilities and
 # on weights after an epoch).
 COREML_TOLERANCE = 1e-4
@@ -58,10 +59,12 @@ class Check:
 
 @dataclass
 class ParityReport:
-    """The checks, and for a quantized build the float32 model's drift (reported, not
-    checked: each artifact must equal the quantized reference; see export/quantize)."""
+    """Every check, which inputs they ran on (real rows, or random ones), and for a
+    quantized build the float32 model's drift (reported, not checked: each artifact must
+    equal the quantized reference; see export/quantize)."""
 
     checks: list[Check]
+    inputs: str = "random normal inputs"
     drift: dict[str, float | str] | None = None
 
     @property
@@ -72,7 +75,7 @@ class ParityReport:
         return [c for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"passed": self.passed,
+        out: dict[str, object] = {"passed": self.passed, "inputs": self.inputs,
                                   "checks": [asdict(c) for c in self.checks]}
         if self.drift is not None:
             out["quantization_drift"] = self.drift
@@ -84,7 +87,9 @@ class ParityReport:
     @classmethod
     def read(cls, folder: Path) -> ParityReport:
         raw = json.loads((Path(folder) / PARITY_FILE).read_text())
-        return cls([Check(**c) for c in raw["checks"]], raw.get("quantization_drift"))
+        return cls([Check(**c) for c in raw["checks"]],
+                   inputs=str(raw.get("inputs", "random normal inputs")),
+                   drift=raw.get("quantization_drift"))
 
 
 def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: np.ndarray,
@@ -129,8 +134,18 @@ def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: n
     def weights_check(name: str, note: str) -> Check:
         ours = np.concatenate([w.ravel() for w in _ordered(lite.get_weights(), program)])
         reference = np.concatenate([w.ravel() for w in program.weights()])
-        return Check.compare(name, ours, reference, TRAIN_RELATIVE_TOLERANCE, relative=True,
-                             note=note)
+        check = Check.compare(name, ours, reference, TRAIN_RELATIVE_TOLERANCE, relative=True,
+                              note=note)
+        spec = program.optimizer_spec
+        floor = ADAM_STEP_FRACTION * spec.learning_rate
+        if spec.name != "adam" or check.tolerance >= floor:
+            return check
+        # Adam divides each step by the root of its squared-gradient average, so where a
+        # confident model's gradients are near zero, float32 rounding (TensorFlow's
+        # kernels against XNNPACK's) changes steps by up to their size. Real rows show it
+        # where random ones do not; allow a tenth of one step.
+        return Check(name, check.max_abs_diff, floor, check.max_abs_diff <= floor,
+                     f"{note}; Adam: tolerance a tenth of one step (0.1 x learning rate)")
 
     train_both(steps)
     checks.append(weights_check(f"tflite.train.{steps}_steps",

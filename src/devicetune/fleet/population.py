@@ -14,7 +14,7 @@ import numpy as np
 
 from devicetune.config import FleetConfig
 from devicetune.data.labeled import LabeledData
-from devicetune.data.sources import DeviceDataSource, open_fleet_data
+from devicetune.data.sources import DeviceDataSource, FleetInput, open_fleet_data, user_of
 
 _PROFILE_CACHE = 100_000
 
@@ -47,12 +47,16 @@ class Population:
         fleet: the fleet section of the config.
         source: where each device's examples come from.
         seed: the run's seed; profiles, availability and dropout derive from it.
+        test_fraction: the share of each device's data (its latest) kept for testing;
+            default ``fleet.data.test_fraction``.
     """
 
-    def __init__(self, fleet: FleetConfig, source: DeviceDataSource, seed: int) -> None:
+    def __init__(self, fleet: FleetConfig, source: DeviceDataSource, seed: int,
+                 test_fraction: float | None = None) -> None:
         self.fleet = fleet
         self.source = source
         self.seed = seed
+        self.test_fraction = test_fraction or fleet.data.test_fraction
         self.devices = source.devices
         self._platforms = sorted(fleet.platform_mix)
         self._platform_p = np.array([fleet.platform_mix[p] for p in self._platforms])
@@ -60,8 +64,17 @@ class Population:
         self._profiles: dict[int, DeviceProfile] = {}
 
     @classmethod
-    def from_config(cls, fleet: FleetConfig, seed: int, data_dir: Path) -> Population:
-        return cls(fleet, open_fleet_data(fleet, seed, data_dir), seed)
+    def from_config(cls, fleet: FleetConfig, seed: int, data_dir: Path,
+                    data: FleetInput | None = None,
+                    class_names: tuple[str, ...] | list[str] | None = None,
+                    test_fraction: float | None = None) -> Population:
+        """The population of ``fleet``, on ``data`` when a team gives its own."""
+        source = open_fleet_data(fleet, seed, data_dir, data=data, class_names=class_names)
+        return cls(fleet, source, seed, test_fraction)
+
+    def user_of(self, device_id: int) -> str:
+        """The id of the person behind a device, as the data had it ("" when mixed)."""
+        return user_of(self.source, device_id)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -87,7 +100,13 @@ class Population:
         """The device's examples, the first part (in time) for training, the rest for
         testing what the device will see next."""
         data = self.source.device(device_id)
-        n_test = int(round(len(data) * self.fleet.data.test_fraction))
+        if len(data) < 2:
+            from devicetune.errors import DataError
+
+            raise DataError(f"device {device_id} (user {self.user_of(device_id)!r}) has "
+                            f"{len(data)} example(s); each device needs at least 2, one to "
+                            "train on and one to test on")
+        n_test = int(round(len(data) * self.test_fraction))
         n_test = min(max(n_test, 1), len(data) - 1)
         cut = len(data) - n_test
         return LocalData(train=data.select(slice(0, cut)), test=data.select(slice(cut, None)))

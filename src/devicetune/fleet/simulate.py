@@ -18,6 +18,8 @@ import numpy as np
 
 from devicetune.atomic import atomic_write_bytes, atomic_write_json
 from devicetune.config import DevicetuneConfig, PersonalizationConfig, to_toml
+from devicetune.data.labeled import LabeledData
+from devicetune.data.sources import FleetInput
 from devicetune.device.runtime import DeviceRuntime
 from devicetune.errors import ConfigError, PrivacyBudgetExceeded
 from devicetune.fleet.personalize import naive, personalize
@@ -61,7 +63,8 @@ class SimulationResult:
 def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
              engine: str = "inline", artifacts: Path | None = None,
              progress: Progress | None = None,
-             ray_address: str | None = None) -> SimulationResult:
+             ray_address: str | None = None, data: FleetInput | None = None,
+             pretrain_data: LabeledData | None = None) -> SimulationResult:
     """Run the federated rounds and the personalization a config describes.
 
     Args:
@@ -69,9 +72,14 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
             ``out_dir/artifacts``.
         ray_address: with the flower engine, a running Ray cluster to use (HEAD:PORT);
             default: a local Ray on this machine's cores.
+        data: the fleet's data instead of ``[fleet.data] source``: a `LabeledData`
+            (split as ``partition`` says; ``personalization.subjects`` are its users) or
+            any `DeviceDataSource`.
+        pretrain_data: a team's arrays to pretrain on when building.
 
     Raises:
         ConfigError: a section is missing or inconsistent.
+        DataError: the data is missing or malformed.
     """
     from devicetune.server.loop import FederatedLoop
     from devicetune.server.private import private_setup
@@ -81,6 +89,10 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     assert config.model is not None and config.fleet is not None
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: allowed {', '.join(ENGINES)}")
+    if engine == "flower" and data is not None:
+        raise ConfigError("--engine flower runs devices in other processes, which cannot "
+                          "receive data given in Python; name a data file in [fleet.data] "
+                          "or use the inline or vectorized engine")
     progress = progress or _Silent()
     quiet_flower()
     started = time.perf_counter()
@@ -88,8 +100,10 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / CONFIG_FILE, to_toml(config).encode())
 
-    artifacts = _artifacts(config, out_dir, data_dir, artifacts, progress)
-    population = Population.from_config(config.fleet, config.seed, data_dir)
+    artifacts = _artifacts(config, out_dir, data_dir, artifacts, progress, data,
+                           pretrain_data)
+    population = Population.from_config(config.fleet, config.seed, data_dir, data=data,
+                                        class_names=config.model.classes)
     _check_fits(population, artifacts)
     learning_rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
     runtimes = open_runtimes(artifacts, config.fleet.platform_mix, learning_rate)
@@ -101,7 +115,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         initial = fresh_like(initial, config.seed)
 
     progress.stage("preparing the evaluation devices", None)
-    evaluate = global_evaluator(config, population, reference, data_dir)
+    evaluate = global_evaluator(config, population, reference, data_dir, data)
     from devicetune.fleet.messages import TrainInstructions
 
     strategy, privacy = private_setup(config, make_strategy(config.server),
@@ -119,7 +133,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     initial_accuracy = evaluate(initial)["accuracy"]
     metrics_path = out_dir / METRICS_FILE
     stopped: str | None = None
-    if engine == "flower":
+    if engine == "flower" and config.server.rounds > 0:
         final = _run_flower_engine(config, out_dir, artifacts, data_dir, population, progress,
                                    ray_address)
         loop.weights = final
@@ -141,7 +155,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     rounds_s = sum(r["wall_s"] for r in rounds)
 
     results = _personalize_fleet(config, population, runtimes, loop.weights, learning_rate,
-                                 data_dir, progress)
+                                 data_dir, progress, data)
     write_devices(out_dir / DEVICES_FILE, results)
     summary = _summary(config, results, initial_accuracy, loop.weights, evaluate,
                        device_rounds, rounds_s, time.perf_counter() - started)
@@ -273,7 +287,8 @@ def open_runtimes(artifacts: Path, platform_mix: dict[str, float], learning_rate
 
 
 def _artifacts(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
-               given: Path | None, progress: Progress) -> Path:
+               given: Path | None, progress: Progress, data: FleetInput | None,
+               pretrain_data: LabeledData | None) -> Path:
     if given is not None:
         from devicetune.artifacts.manifest import read_manifest
 
@@ -282,7 +297,8 @@ def _artifacts(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     from devicetune.export.build import build
 
     target = out_dir / "artifacts"
-    build(config, target, data_dir, progress=lambda step: progress.stage(step, None))
+    build(config, target, data_dir, progress=lambda step: progress.stage(step, None),
+          pretrain_data=pretrain_data, fleet_data=data)
     return target
 
 
@@ -300,13 +316,13 @@ def _check_fits(population: Population, artifacts: Path) -> None:
 
 
 def global_evaluator(config: DevicetuneConfig, population: Population,
-                     runtime: DeviceRuntime, data_dir: Path
+                     runtime: DeviceRuntime, data_dir: Path, data: FleetInput | None = None
                      ) -> Callable[[list[np.ndarray]], dict[str, Any]]:
     """Global accuracy on the future data of a fixed sample of devices (features are
     computed once: the backbone is frozen). The devices are those personalization is
     measured on: when they are other people than the fleet's, the set is held out."""
     assert config.fleet is not None
-    population, _ = personalization_population(config, population, data_dir)
+    population, _ = personalization_population(config, population, data_dir, data)
     features, labels, platforms, tiers = [], [], [], []
     for device_id in population.sample_ids(config.fleet.eval_devices, salt=0):
         test = population.local_data(device_id).test
@@ -333,28 +349,41 @@ def global_evaluator(config: DevicetuneConfig, population: Population,
 
 
 def personalization_population(config: DevicetuneConfig, fleet_population: Population,
-                               data_dir: Path) -> tuple[Population, list[int]]:
-    """The devices personalization is measured on, and which of them to use."""
+                               data_dir: Path, data: FleetInput | None = None
+                               ) -> tuple[Population, list[int]]:
+    """The devices personalization is measured on (with their own test fraction), and
+    which of them to use."""
     assert config.fleet is not None
     spec = config.fleet.personalization
     population = fleet_population
     if spec.subjects:
+        if data is not None and not isinstance(data, LabeledData):
+            raise ConfigError("fleet.personalization.subjects picks users of a pooled "
+                              "dataset; with a DeviceDataSource given in Python, leave it "
+                              "empty (the source's own devices personalise)")
         fleet = config.fleet.model_copy(update={
             "devices": len(spec.subjects),
             "data": config.fleet.data.model_copy(update={"subjects": spec.subjects,
                                                          "partition": "natural"}),
         })
-        population = Population.from_config(fleet, config.seed, data_dir)
+        classes = config.model.classes if config.model is not None else None
+        population = Population.from_config(fleet, config.seed, data_dir, data=data,
+                                            class_names=classes,
+                                            test_fraction=spec.test_fraction)
+    elif spec.test_fraction is not None:
+        population = Population(config.fleet, fleet_population.source, config.seed,
+                                spec.test_fraction)
     return population, population.sample_ids(spec.max_devices, salt=1)
 
 
 def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
                        runtimes: dict[str, DeviceRuntime], weights: list[np.ndarray],
-                       learning_rate: float, data_dir: Path, progress: Progress
-                       ) -> list[PersonalizationResult]:
+                       learning_rate: float, data_dir: Path, progress: Progress,
+                       data: FleetInput | None = None) -> list[PersonalizationResult]:
     assert config.fleet is not None
     spec = config.fleet.personalization
-    population, device_ids = personalization_population(config, fleet_population, data_dir)
+    population, device_ids = personalization_population(config, fleet_population, data_dir,
+                                                        data)
     progress.stage("personalising", len(device_ids))
     results = []
     for device_id in device_ids:
@@ -367,7 +396,7 @@ def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
             baseline = _personalize_device(runtime, data, profile, weights, naive(spec), rate,
                                            config.seed)
             result = replace(result, acc_naive=baseline.acc_personal)
-        results.append(result)
+        results.append(replace(result, user=population.user_of(device_id)))
         progress.advance()
     return results
 

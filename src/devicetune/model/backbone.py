@@ -49,13 +49,22 @@ class DenseParams:
 def builtin_backbone(architecture: str, input_shape: Sequence[int], embedding_dim: int,
                      seed: int) -> keras.Model:
     """A small, export-friendly backbone: ``conv1d_small`` for sensor windows
-    ``(steps, channels)``, ``conv2d_small`` for spectrograms or images ``(h, w, c)``."""
+    ``(steps, channels)``, ``conv2d_small`` for spectrograms or images ``(h, w, c)``,
+    ``dense_small`` (an MLP) for feature vectors ``(features,)``."""
     import keras
     from keras import layers
 
     keras.utils.set_random_seed(seed)
     shape = tuple(int(d) for d in input_shape)
-    if architecture == "conv1d_small":
+    if architecture == "dense_small":
+        if len(shape) != 1:
+            raise ConfigError(f"model.input_shape = {list(shape)}: dense_small takes a "
+                              "feature vector (features,), e.g. [43]")
+        stack = [
+            layers.Normalization(axis=-1, name="normalize"),
+            layers.Dense(128, activation="relu", name="dense1"),
+        ]
+    elif architecture == "conv1d_small":
         if len(shape) != 2:
             raise ConfigError(f"model.input_shape = {list(shape)}: conv1d_small takes "
                               "(steps, channels), e.g. [128, 9]")
@@ -87,7 +96,7 @@ def builtin_backbone(architecture: str, input_shape: Sequence[int], embedding_di
         ]
     else:
         raise ConfigError(f"model.backbone.architecture = {architecture!r}: allowed "
-                          "'conv1d_small', 'conv2d_small'")
+                          "'conv1d_small', 'conv2d_small', 'dense_small'")
     inputs = keras.Input(shape, name="x")
     hidden = inputs
     for layer in stack:
@@ -183,6 +192,65 @@ def split_trainable(model: keras.Model, trainable_dense_layers: int
     return frozen, tail
 
 
+def split_classifier(model: keras.Model, hidden_units: int | None, num_classes: int
+                     ) -> tuple[keras.Model, list[DenseParams]] | None:
+    """The model's own trained classifier as the head, if its last layers match it.
+
+    A match is a Dense layer of ``num_classes`` units (softmax or linear; a Softmax or
+    softmax Activation layer after it is fine), preceded, for an MLP head
+    (``hidden_units`` set), by a ReLU Dense layer of ``hidden_units``. Dropout between
+    them is skipped.
+
+    Returns:
+        The model up to the head (its output is the head's input) and the head's layers,
+        first to last; None when the last layers do not match.
+    """
+    import keras
+
+    tensor = model.outputs[0]
+    layer = _producer_or_none(model, tensor)
+    while layer is not None and _is_softmax_or_dropout(layer):
+        tensor = layer.input
+        layer = _producer_or_none(model, tensor)
+    wanted = [("classifier", num_classes, ("softmax", "linear"))]
+    if hidden_units is not None:
+        wanted.append(("hidden", hidden_units, ("relu",)))
+    head: list[DenseParams] = []
+    for _, units, activations in wanted:
+        while layer is not None and type(layer).__name__ == "Dropout":
+            tensor = layer.input
+            layer = _producer_or_none(model, tensor)
+        if layer is None or type(layer).__name__ != "Dense" or layer.units != units:
+            return None
+        activation = _activation_name(layer) or "linear"
+        if activation not in activations:
+            return None
+        kernel, bias = (w.astype(np.float32) for w in _dense_weights(layer))
+        head.append(DenseParams(kernel, bias, "relu" if activation == "relu" else "linear",
+                                source=layer.name))
+        tensor = layer.input
+        layer = _producer_or_none(model, tensor)
+    if layer is None or len(tensor.shape) != 2:
+        return None  # the classifier sits on the input itself, or on a non-flat tensor
+    head.reverse()
+    return keras.Model(model.inputs, tensor, name=f"{model.name}_features"), head
+
+
+def unadapted_normalization(model: keras.Model) -> list[str]:
+    """Names of Normalization layers still at their initial mean 0 and variance 1."""
+    names = []
+    for layer in _all_layers(model):
+        if type(layer).__name__ != "Normalization":
+            continue
+        mean = getattr(layer, "mean", None)
+        variance = getattr(layer, "variance", None)
+        if mean is None or variance is None:
+            continue
+        if np.all(np.asarray(mean) == 0) and np.all(np.asarray(variance) == 1):
+            names.append(layer.name)
+    return names
+
+
 def freeze(feature_model: keras.Model) -> Any:
     """The feature extractor as a TensorFlow concrete function with constant weights.
 
@@ -221,6 +289,20 @@ def _dense_weights(layer: Any) -> tuple[np.ndarray, np.ndarray]:
     if len(weights) == 2:
         return weights[0], weights[1]
     return weights[0], np.zeros(weights[0].shape[1], dtype=np.float32)
+
+
+def _is_softmax_or_dropout(layer: Any) -> bool:
+    kind = type(layer).__name__
+    return kind in ("Softmax", "Dropout") or (
+        kind == "Activation" and _activation_name(layer) == "softmax")
+
+
+def _producer_or_none(model: Any, tensor: Any) -> Any:
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    layer = history.operation
+    return None if type(layer).__name__ == "InputLayer" else layer
 
 
 def _producer(model: Any, tensor: Any) -> Any:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 
 from devicetune.config import HeadLayers
+from devicetune.errors import DataError
 from devicetune.model.backbone import DenseParams
 
 
@@ -49,3 +53,28 @@ def fresh_like(weights: list[np.ndarray], seed: int) -> list[np.ndarray]:
         else:
             fresh.append(np.zeros_like(w, dtype=np.float32))
     return fresh
+
+
+def read_head_weights(path: Path, like: list[DenseParams]) -> list[DenseParams]:
+    """Initial head weights from a ``.npz`` of ``kernel_0, bias_0, kernel_1, ...``, one
+    pair per head layer, shaped as ``like``.
+
+    Raises:
+        DataError: the file is missing, lacks a tensor, or a shape does not match.
+    """
+    from devicetune.data.npz import read_npz
+
+    names = {f"{kind}_{i}" for i in range(len(like)) for kind in ("kernel", "bias")}
+    arrays = read_npz(Path(path), names)
+    layers = []
+    for i, layer in enumerate(like):
+        kernel, bias = arrays[f"kernel_{i}"], arrays[f"bias_{i}"]
+        if kernel.shape != layer.kernel.shape or bias.shape != layer.bias.shape:
+            raise DataError(f"{path}: kernel_{i} {kernel.shape} / bias_{i} {bias.shape} do "
+                            f"not fit the head, which needs {layer.kernel.shape} / "
+                            f"{layer.bias.shape}")
+        if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
+            raise DataError(f"{path}: kernel_{i} or bias_{i} holds NaN or infinity")
+        layers.append(replace(layer, kernel=kernel.astype(np.float32),
+                              bias=bias.astype(np.float32), source=f"{Path(path).name}"))
+    return layers

@@ -25,27 +25,33 @@ PRETRAIN_COHORT = 1  # synthetic users for pretraining are not the simulated fle
 
 
 def pretraining_data(spec: PretrainSpec, seed: int, data_dir: Path,
-                     input_shape: tuple[int, ...], num_classes: int) -> LabeledData:
-    """The slice of data a `PretrainSpec` names, checked against the model's shape.
+                     input_shape: tuple[int, ...], class_names: list[str],
+                     given: LabeledData | None = None) -> LabeledData:
+    """The slice of data a `PretrainSpec` names (or ``given``, a team's arrays), checked
+    against the model's shape and classes.
 
     Raises:
         ConfigError: the dataset does not fit the model, or the subjects do not exist.
+        DataError: a data file is missing or malformed.
     """
-    if spec.dataset == "synthetic":
+    num_classes = len(class_names)
+    if given is not None:
+        data = given
+    elif spec.dataset == "synthetic":
         from devicetune.data.synthetic import SyntheticFleet
 
         fleet = SyntheticFleet(spec.synthetic_devices, seed=seed, cohort=PRETRAIN_COHORT)
         data = fleet.pooled(spec.subjects or range(spec.synthetic_devices))
     else:
-        from devicetune.data.sources import load_dataset
+        from devicetune.data.sources import load_source
 
-        data = load_dataset(spec.dataset, data_dir)
-        if spec.subjects:
-            unknown = sorted(set(spec.subjects) - set(data.users()))
-            if unknown:
-                raise ConfigError(f"model.backbone.pretrain.subjects = {unknown}: not users "
-                                  f"of {spec.dataset} (they are {data.users()})")
-            data = data.for_users(spec.subjects)
+        data = load_source(spec, data_dir, class_names, section="model.backbone.pretrain")
+    if (given is not None or spec.dataset != "synthetic") and spec.subjects:
+        unknown = sorted(set(spec.subjects) - set(data.users()))
+        if unknown:
+            raise ConfigError(f"model.backbone.pretrain.subjects = {unknown}: not users "
+                              f"of {spec.dataset} (they are {data.users()})")
+        data = data.for_users(spec.subjects)
     if data.example_shape != input_shape:
         raise ConfigError(f"model.input_shape = {list(input_shape)}: the {spec.dataset} "
                           f"examples have shape {list(data.example_shape)}")

@@ -74,6 +74,7 @@ class DeviceProgram(tf.Module):
         self.anchor = [tf.Variable(p.read_value(), name=f"anchor_{i}")
                        for i, p in enumerate(self.params)]
         self.proximal_mu = tf.Variable(0.0, name="proximal_mu")
+        self.optimizer_spec = optimizer
         self.optimizer = make_optimizer(optimizer, self.params)
         self.dp_clip_norm = float(dp_clip_norm)
         self.dp_noise_multiplier = float(dp_noise_multiplier)

@@ -34,6 +34,7 @@ class TrainableModel:
         feature_model: the frozen part, ``x -> features``.
         layers: the trainable dense layers, first to last (the last is the classifier).
         sample: examples for parity checks (a slice of the pretraining data, if any).
+        head_source: where the head's first weights came from, in words.
     """
 
     spec: HeadSpec
@@ -41,6 +42,7 @@ class TrainableModel:
     feature_model: keras.Model
     layers: list[DenseParams]
     sample: LabeledData | None
+    head_source: str = "random (Glorot uniform, seeded)"
 
     @property
     def classes(self) -> list[str]:
@@ -81,11 +83,18 @@ class TrainableModel:
 
 
 def build_trainable_model(spec: HeadSpec, seed: int, data_dir: Path,
-                          verbose: int = 0) -> TrainableModel:
+                          verbose: int = 0, pretrain_data: LabeledData | None = None
+                          ) -> TrainableModel:
     """Build the backbone, pretrain it if asked, and cut it into frozen and trainable.
+
+    Args:
+        pretrain_data: a team's arrays to pretrain on instead of
+            ``[model.backbone.pretrain]``'s dataset (which must still be configured, for
+            epochs and rate).
 
     Raises:
         ConfigError: the spec does not fit the data or the backbone file.
+        DataError: a data or head-weights file is missing or malformed.
         ExportError: the backbone has a layer the export paths cannot carry.
     """
     from devicetune.model.backbone import (
@@ -93,8 +102,8 @@ def build_trainable_model(spec: HeadSpec, seed: int, data_dir: Path,
         check_exportable,
         load_backbone,
         split_trainable,
+        unadapted_normalization,
     )
-    from devicetune.model.head import init_head
     from devicetune.model.pretrain import pretrain, pretraining_data
 
     source = spec.backbone
@@ -110,22 +119,75 @@ def build_trainable_model(spec: HeadSpec, seed: int, data_dir: Path,
             raise ConfigError(f"model.input_shape = {list(spec.input_shape)}: the backbone "
                               f"{source.path.name} takes {shape}")
     check_exportable(backbone)
-    embedding_dim = int(backbone.outputs[0].shape[-1])
-    if len(backbone.outputs[0].shape) != 2:
-        raise ConfigError(f"model.backbone: the backbone's output must be a flat embedding "
-                          f"(batch, features), got {tuple(backbone.outputs[0].shape)}; end "
-                          "it with a pooling or Flatten layer")
-    head = init_head(embedding_dim, spec.head, len(spec.classes), seed)
+    backbone, head, head_source = _initial_head(backbone, spec, seed)
+    if pretrain_data is not None and source.pretrain is None:
+        raise ConfigError("pretraining data was given but [model.backbone.pretrain] is not "
+                          "configured (it sets epochs, batch size and rate)")
     sample = None
     if source.pretrain is not None:
         shape = tuple(int(d) for d in backbone.inputs[0].shape[1:])
-        data = pretraining_data(source.pretrain, seed, data_dir, shape, len(spec.classes))
+        data = pretraining_data(source.pretrain, seed, data_dir, shape, list(spec.classes),
+                                given=pretrain_data)
+        # The whole model trains on this data, so its input statistics come from it too.
         head = pretrain(backbone, head, data, source.pretrain, seed,
-                        adapt_normalization=source.architecture is not None,
-                        verbose=verbose)
+                        adapt_normalization=True, verbose=verbose)
+        head_source += f", then pretrained on {_data_name(source.pretrain, pretrain_data)}"
         rows = np.random.default_rng(seed).choice(len(data), min(512, len(data)),
                                                   replace=False)
         sample = data.select(np.sort(rows))
+    else:
+        stale = unadapted_normalization(backbone)
+        if stale:
+            import warnings
+
+            from devicetune.errors import DevicetuneWarning
+
+            warnings.warn(DevicetuneWarning(
+                f"Normalization layer(s) {', '.join(stale)} of the backbone are not adapted "
+                "(mean 0, variance 1): configure [model.backbone.pretrain] to adapt them "
+                "on data, or adapt them before saving the model"), stacklevel=2)
     feature_model, tail = split_trainable(backbone, source.trainable_dense_layers)
     return TrainableModel(spec=spec, backbone=backbone, feature_model=feature_model,
-                          layers=[*tail, *head], sample=sample)
+                          layers=[*tail, *head], sample=sample, head_source=head_source)
+
+
+def _initial_head(backbone: keras.Model, spec: HeadSpec, seed: int
+                  ) -> tuple[keras.Model, list[DenseParams], str]:
+    """The head's first weights, the backbone under it, and a sentence saying where the
+    weights came from (for the build output and the manifest)."""
+    from devicetune.model.backbone import split_classifier
+    from devicetune.model.head import init_head, read_head_weights
+
+    source = spec.backbone
+    hidden = spec.head.hidden_units if spec.head.type == "mlp" else None
+    if source.head_init in ("auto", "model") and source.path is not None:
+        found = split_classifier(backbone, hidden, len(spec.classes))
+        if found is not None:
+            features, head = found
+            names = ", ".join(repr(layer.source) for layer in head)
+            return features, head, f"the model's own trained layers {names}"
+        if source.head_init == "model":
+            shape = "a ReLU Dense of head.hidden_units then " if hidden else ""
+            raise ConfigError(
+                f"model.backbone.head_init = 'model': the last layers of "
+                f"{source.path.name} are not {shape}a Dense of {len(spec.classes)} units "
+                "(one per class); set head_init = 'random' or match the head section")
+    embedding = backbone.outputs[0]
+    if len(embedding.shape) != 2:
+        raise ConfigError(f"model.backbone: the backbone's output must be a flat embedding "
+                          f"(batch, features), got {tuple(embedding.shape)}; end it with a "
+                          "pooling or Flatten layer")
+    head = init_head(int(embedding.shape[-1]), spec.head, len(spec.classes), seed)
+    if source.head_init == "file":
+        assert source.head_weights is not None
+        head = read_head_weights(source.head_weights, head)
+        return backbone, head, f"the weights in {source.head_weights.name}"
+    return backbone, head, "random (Glorot uniform, seeded)"
+
+
+def _data_name(spec, given: LabeledData | None) -> str:
+    if given is not None:
+        return f"the data given ({len(given):,} rows)"
+    if spec.dataset == "file":
+        return str(spec.path.name)
+    return spec.dataset

@@ -19,6 +19,7 @@ from rich.table import Table
 from devicetune.data.summary import FleetSummary, Spread
 
 if TYPE_CHECKING:
+    from devicetune.data.inspect import Inspection
     from devicetune.export.build import BuildResult
     from devicetune.fleet.simulate import SimulationResult
     from devicetune.report.write import Report
@@ -61,6 +62,9 @@ def print_build(result: BuildResult) -> None:
         checks.add_row(check.name, f"{check.max_abs_diff:.2e}", f"{check.tolerance:.2e}",
                        "[green]yes[/]" if check.passed else "[red]NO[/]")
     console.print(checks)
+    console.print(f"parity inputs: {result.parity.inputs}")
+    if result.head_source:
+        console.print(f"head started from: {result.head_source}")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     console.print(f"time: {timing}")
 
@@ -149,3 +153,32 @@ def print_report(report: Report) -> None:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"report: {report.html} ({len(report.images)} figures, "
                   f"{report.seconds:.1f}s)", highlight=False)
+
+
+def print_inspection(result: Inspection) -> None:
+    """`devicetune data inspect`: the dataset per user, and the personalization split."""
+    table = Table(title=f"{result.source}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    r = result.rows_per_user
+    table.add_row("users", f"{result.users:,}")
+    table.add_row("rows", f"{result.rows:,} (per user: min {r['min']:.0f}, median "
+                  f"{r['median']:.0f}, max {r['max']:.0f})")
+    table.add_row("example shape", str(result.example_shape))
+    table.add_row("classes", ", ".join(f"{name} {count:,}" for name, count
+                                       in zip(result.classes, result.class_counts,
+                                              strict=True)))
+    d = result.label_mix_distance
+    table.add_row("label mix vs overall", f"total variation p10 {d['p10']:.2f}, median "
+                  f"{d['median']:.2f}, p90 {d['p90']:.2f}")
+    table.add_row("missing values", ", ".join(f"{k}: {v:,}" for k, v in result.missing.items())
+                  or "none")
+    table.add_row("constant columns", ", ".join(result.constant) or "none")
+    u = result.future_rows_unseen
+    table.add_row(f"past lacks a future class (test fraction {result.test_fraction:g})",
+                  f"{result.users_past_lacks_future_class} of {result.users} users; share of "
+                  f"future rows in classes the past lacks: p10 {100 * u['p10']:.0f}%, median "
+                  f"{100 * u['median']:.0f}%, p90 {100 * u['p90']:.0f}%")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
