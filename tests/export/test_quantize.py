@@ -222,11 +222,62 @@ def test_int8_full_runs_int8_activations_and_keeps_training_exact(builds) -> Non
 
 def test_versions_of_an_int8_full_build_are_refused(builds, tmp_path: Path) -> None:
     from devicetune.artifacts.emit import VersionEmitter
+
+    cfg, _ = _with_emit("int8_full", tmp_path)
+    with pytest.raises(ConfigError, match="int8_full"):
+        VersionEmitter(cfg, builds["int8_full"].out_dir, tmp_path / "run", {})
+
+
+def _int8_buffers(flatbuffer: bytes) -> list[bytes]:
+    """The constant int8 tensors' bytes of a TFLite model (the quantized backbone)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    found = set()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            buffer = model.Buffers(tensor.Buffer())
+            if tensor.Type() == schema.TensorType.INT8 and buffer.DataLength():
+                found.add(buffer.DataAsNumpy().tobytes())
+    return sorted(found)
+
+
+def _with_emit(mode: str, tmp_path: Path):
     from devicetune.artifacts.keys import generate_key_pair
 
     keys = generate_key_pair(tmp_path / "keys")
-    cfg = config("int8_full").model_copy(update={"emit": config("int8_full").emit.model_copy(
-        update={"enabled": True, "registry": tmp_path / "registry",
-                "private_key": keys.private_key})})
-    with pytest.raises(ConfigError, match="int8_full"):
-        VersionEmitter(cfg, builds["int8_full"].out_dir, tmp_path / "run", {})
+    cfg = config(mode)
+    emit = cfg.emit.model_copy(update={"enabled": True, "registry": tmp_path / "registry",
+                                       "private_key": keys.private_key})
+    return cfg.model_copy(update={"emit": emit}), keys
+
+
+def test_versions_of_a_quantized_build_keep_its_backbone_and_a_float32_update(
+        builds, tmp_path: Path) -> None:
+    from devicetune.artifacts.emit import VersionEmitter
+    from devicetune.device.litert import LiteRTModel
+    from devicetune.registry import Registry
+
+    build_dir = builds["int8"].out_dir
+    cfg, _ = _with_emit("int8", tmp_path)
+    emit = VersionEmitter(cfg, build_dir, tmp_path / "run", {"accuracy": 0.5})
+    start = LiteRTModel(build_dir / "model.tflite").get_weights()
+    names = builds["int8"].manifest.tflite.weight_names
+    new = [start[name] + np.float32(0.01) for name in names]
+    assert emit.emit(1, new, {"accuracy": 0.6}).emitted
+    registry = Registry(tmp_path / "registry")
+    assert registry.manifest("q", 2).quantize == "int8"
+    built = (build_dir / "model.tflite").read_bytes()
+    shipped = registry.file("q", 2, "model.tflite")[0].read_bytes()
+    # The same int8 backbone codes in version 2; only the float32 head moved.
+    assert _int8_buffers(built) and _int8_buffers(shipped) == _int8_buffers(built)
+    stored = LiteRTModel(shipped).get_weights()
+    for name, expected in zip(names, new, strict=True):
+        np.testing.assert_array_equal(stored[name], expected)
+    with np.load(registry.file("q", 2, "update.npz")[0]) as update:
+        assert all(update[name].dtype == np.float32 for name in names)
+    x = np.random.default_rng(0).normal(size=(4, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(LiteRTModel(shipped).embed(x), LiteRTModel(built).embed(x),
+                               atol=1e-6)
