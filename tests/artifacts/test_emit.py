@@ -103,4 +103,3 @@ def test_emitting_needs_a_signing_key(tmp_path: Path, small_artifacts: Path) -> 
     config = small_config(emit={"enabled": True, "registry": str(tmp_path / "registry")})
     with pytest.raises(ConfigError, match="emit.private_key"):
         VersionEmitter(config, small_artifacts, tmp_path / "run", {"accuracy": 0.5})
-
