@@ -93,14 +93,17 @@ class ParityReport:
 
 
 def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: np.ndarray,
-                  steps: int, seed: int, backbone_tolerance: float = INFER_TOLERANCE,
+                  steps: int, seed: int, backbone_tolerance: float | None = None,
                   backbone_note: str = "") -> list[Check]:
     """Compare the LiteRT artifact with TensorFlow on every signature.
 
     ``program`` and ``lite`` must start from the same weights; both are trained here.
     ``backbone_tolerance`` holds ``infer`` and ``embed`` (the signatures that run the
-    backbone) when LiteRT's backbone cannot equal TensorFlow's (int8 activations).
+    backbone) when LiteRT's backbone cannot equal TensorFlow's (int8 activations); None
+    means `INFER_TOLERANCE`.
     """
+    if backbone_tolerance is None:
+        backbone_tolerance = INFER_TOLERANCE
     rng = np.random.default_rng(seed)
     checks = [
         Check.compare("tflite.infer", lite.infer(x), program.infer(x)["probabilities"],
