@@ -75,7 +75,8 @@ def fleet(config: ConfigArg, data: DataOpt = None,
     cfg = load_config(config)
     cfg.require("fleet", command="devicetune fleet")
     assert cfg.fleet is not None
-    source = open_fleet_data(cfg.fleet, cfg.seed, resolve_data_dir(data))
+    source = open_fleet_data(cfg.fleet, cfg.seed, resolve_data_dir(data),
+                             class_names=cfg.model.classes if cfg.model else None)
     ids = range(source.devices if limit is None else min(limit, source.devices))
     if isinstance(source, SyntheticFleet):
         summary = summarize_synthetic(source, ids)
@@ -152,12 +153,13 @@ def simulate(
     config: ConfigArg, out: OutOpt, data: DataOpt = None,
     engine: Annotated[str, typer.Option(
         help="inline: each device runs the artifacts in turn; vectorized: a round's "
-        "devices train as one batch (same math); flower: Flower's Simulation Engine.")]
+        "devices train as one batch (same math); ray: vectorized, in shards on Ray "
+        "workers; flower: Flower's Simulation Engine.")]
     = "inline",
     artifacts: Annotated[Path | None, typer.Option(
         help="Run this `devicetune build` folder instead of building one.")] = None,
     ray_address: Annotated[str | None, typer.Option(
-        help="--engine flower on a Ray cluster: its head's HOST:PORT (default: "
+        help="--engine ray or flower on a Ray cluster: its head's HOST:PORT (default: "
         "$RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
     """Simulate a fleet of phones federating and personalising the exported artifacts."""

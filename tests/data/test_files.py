@@ -109,7 +109,8 @@ def test_npz_arrays_are_checked(tmp_path: Path) -> None:
              class_names=np.array(["a", "b", "c"]))
     assert load_file(DataFileFields(path=path)).class_names == ("a", "b", "c")
     np.savez(path, x=x, y=np.arange(19) % 3, user=np.arange(20) % 4)
-    with pytest.raises(DataError, match="one entry per row, got array 'x' 20, array 'y' 19, array 'user' 20"):
+    with pytest.raises(DataError, match="one entry per row, got array 'x' 20, "
+                       "array 'y' 19, array 'user' 20"):
         load_file(DataFileFields(path=path))
     np.savez(path, x=x, y=np.full(20, 99), user=np.arange(20) % 4,
              class_names=np.array(["a", "b", "c"]))
@@ -178,3 +179,16 @@ path = "{path.name}"
     assert lines[-1].startswith("error: ") and "Traceback" not in result.stderr
     assert str(path) in lines[-1] and "f2: 1" in lines[-1] and "impute" in lines[-1]
     assert not (tmp_path / "out" / "model.tflite").exists()
+
+
+def test_a_file_can_be_dealt_out_by_dirichlet(tmp_path: Path) -> None:
+    from devicetune.config import FleetConfig
+    from devicetune.data.sources import open_fleet_data
+
+    path = write_table(team_table(), tmp_path / "team.csv")
+    fleet = FleetConfig(devices=5, data={"source": "file", "path": path,
+                                         "partition": "dirichlet", "dirichlet_alpha": 0.3})
+    source = open_fleet_data(fleet, seed=0, data_dir=tmp_path, class_names=CLASSES)
+    devices = [source.device(k) for k in range(5)]
+    assert sum(len(d) for d in devices) == 240  # every row lands on exactly one device
+    assert len({tuple(np.bincount(d.y, minlength=3)) for d in devices}) > 1  # skewed mixes

@@ -65,3 +65,34 @@ def test_ten_thousand_devices_stream_in_bounded_memory() -> None:
     assert windows > 150_000
     assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB"
     assert peak < held_if_stored / 20
+
+
+# Values computed by the per-device generator before it was vectorised (commit
+# "Pin the synthetic generator's outputs"): a faster generator must give the same data.
+_PINNED = {
+    # device: (windows, first labels, x[0,0,0], x[-1,-1,-1], x[n//2,64,4], sum of x)
+    0: (32, [4, 4, 4, 4, 2, 2, 2, 2], 0.33879318833351135, -0.2856765687465668,
+        -0.338327556848526, 988.1224764774361),
+    17: (61, [0, 0, 0, 0, 0, 0, 0, 0], -0.05370459333062172, -0.34316471219062805,
+         -0.0916445404291153, -6032.511313779738),
+    9999: (38, [3, 3, 3, 3, 3, 3, 3, 0], -0.06618525832891464, 0.2413240522146225,
+           0.06151244416832924, 2854.638978159264),
+}
+
+
+def test_the_generator_gives_the_pinned_values_for_its_seed() -> None:
+    fleet = SyntheticFleet(10_000, seed=0, windows_per_device=40)
+    for device, (windows, first, first_x, last_x, middle_x, total) in _PINNED.items():
+        data = fleet.device(device)
+        assert len(data) == windows
+        assert data.y[:8].tolist() == first
+        assert data.x.dtype == np.float32
+        np.testing.assert_allclose(
+            [data.x[0, 0, 0], data.x[-1, -1, -1], data.x[len(data) // 2, 64, 4]],
+            [first_x, last_x, middle_x], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(data.x.astype(np.float64).sum(), total, rtol=1e-7)
+    other = SyntheticFleet(50, seed=7, cohort=1).device(3)
+    assert len(other) == 47 and other.y[:8].tolist() == [2] * 8
+    np.testing.assert_allclose(other.x[2, 5, 6], -0.521065354347229, rtol=1e-6)
+    np.testing.assert_allclose(other.x.astype(np.float64).sum(), -3921.2313418192734,
+                               rtol=1e-7)

@@ -36,8 +36,9 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np
     normalize = keras.layers.Normalization()
     normalize.adapt(x)
     model = keras.Sequential([keras.Input((6,)), normalize,
-                              keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(3, activation="softmax")])
+                              keras.layers.Dense(16, activation="relu", name="hidden"),
+                              keras.layers.Dense(3, activation="softmax",
+                                                 name="classifier")])
     model.compile(optimizer=keras.optimizers.Adam(0.01),
                   loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=30, batch_size=32, verbose=0)
@@ -65,7 +66,7 @@ def test_a_keras_classifier_keeps_its_accuracy_and_its_head(classifier, data_dir
     keras_accuracy = float(np.mean(np.argmax(keras.saving.load_model(path).predict(
         x, verbose=0), axis=1) == y))
     result = build(_config(folder, path), folder / "build", data_dir)
-    assert result.head_source == "the model's own trained layers 'dense_1'"
+    assert result.head_source == "the model's own trained layers 'classifier'"
     lite = LiteRTModel((folder / "build" / "model.tflite").read_bytes())
     artifact_accuracy = float(np.mean(np.argmax(lite.infer(x), axis=1) == y))
     assert keras_accuracy > 0.6  # the classifier learned something worth keeping
@@ -127,3 +128,19 @@ def test_parity_on_random_inputs_warns(tmp_path: Path, data_dir: Path) -> None:
     with pytest.warns(DevicetuneWarning, match="random normal inputs"):
         result = build(config, tmp_path / "build", data_dir)
     assert result.parity.inputs == "random normal inputs (no data named)"
+
+
+def test_an_unadapted_normalization_layer_is_warned_about(tmp_path: Path,
+                                                          data_dir: Path) -> None:
+    import keras
+
+    from devicetune.model.trainable import build_trainable_model
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Normalization(),
+                              keras.layers.Dense(8, activation="relu")])
+    model.save(tmp_path / "backbone.keras")
+    config = parse_config({"model": {"classes": 3, "backbone": {
+        "path": str(tmp_path / "backbone.keras")}}})
+    with pytest.warns(DevicetuneWarning, match="Normalization layer.*not adapted"):
+        built = build_trainable_model(config.model, 0, data_dir)
+    assert built.head_source == "random (Glorot uniform, seeded)"

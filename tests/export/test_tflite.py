@@ -70,6 +70,20 @@ def test_parity_detects_an_artifact_that_differs(variant) -> None:
     assert not checks["tflite.train.5_steps"].passed
 
 
+@pytest.mark.parametrize("rate_factor", [0.5, 1.5])
+def test_adams_half_step_tolerance_still_catches_a_wrong_rate(variant, rate_factor) -> None:
+    """The Adam weights check allows half of one step; an artifact training at a rate
+    half or one and a half times the TensorFlow step's must still fail it."""
+    v = variant(head="linear", optimizer="adam")
+    lite = LiteRTModel(v.flatbuffer)
+    lite.configure(learning_rate=0.01 * rate_factor)
+    x, y = examples(v.model.input_shape)
+    checks = {c.name: c for c in tflite_parity(v.program(), lite, x, y, steps=20, seed=1)}
+    assert checks["tflite.infer"].passed  # same weights before training
+    train = checks["tflite.train.20_steps"]
+    assert not train.passed and "half of one step" in train.note
+
+
 def test_signature_table_records_names_shapes_and_dtypes(variant) -> None:
     v = variant(head="mlp", optimizer="adam")
     table = signature_table(v.flatbuffer)

@@ -68,14 +68,20 @@ def test_the_build_checked_parity_on_the_teams_rows(team: Path) -> None:
     assert {c["name"] for c in parity["checks"]} >= {"tflite.infer", "coreml.predict"}
 
 
-def test_the_cli_simulates_a_csv_and_names_its_users(team: Path) -> None:
-    result = run_cli("simulate", str(team / "team.toml"), "--out", str(team / "run"),
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_the_cli_simulates_a_file_and_names_its_users(team: Path, suffix: str) -> None:
+    config = team / f"team{suffix}.toml"
+    config.write_text(CONFIG.replace('path = "team.csv"\nsubjects = "6-11"',
+                                     f'path = "team{suffix}"\nsubjects = "6-11"'))
+    assert f'path = "team{suffix}"\nsubjects = "6-11"' in config.read_text()
+    run = team / f"run{suffix}"
+    result = run_cli("simulate", str(config), "--out", str(run),
                      "--artifacts", str(team / "build"))
     assert result.returncode == 0, result.stderr
-    with (team / "run" / "devices.csv").open() as handle:
+    with (run / "devices.csv").open() as handle:
         users = sorted(row["user"] for row in csv.DictReader(handle))
     assert users == [f"person-{u:02d}" for u in range(6, 12)]
-    summary = json.loads((team / "run" / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds_run"] == 2 and summary["devices"] == 6
 
 

@@ -23,6 +23,7 @@ STEPS = 128
 CHANNELS = 9
 SAMPLE_RATE_HZ = 50.0
 _COMPONENTS = 3
+_RENDER_WINDOWS = 256  # windows rendered per pass (a few MiB of float64)
 
 
 @dataclass(frozen=True)
@@ -130,20 +131,38 @@ class SyntheticFleet:
 
     def device(self, device_id: int) -> LabeledData:
         """All windows of one user, in time order."""
-        rng = self._rng(device_id)
-        style = self._style(rng)
-        labels = _bouts(rng, style.label_mix, style.windows)
-        x = self._render(rng, labels, style)
-        return LabeledData(
-            x=x, y=labels, user=np.full(len(labels), device_id, dtype=np.int64),
-            class_names=CLASSES, meta={"source": "synthetic", "seed": self.seed},
-        )
+        return self.devices_data([device_id])[0]
+
+    def devices_data(self, device_ids: Iterable[int]) -> list[LabeledData]:
+        """All windows of several users, each in time order, generated together."""
+        return [data for _, data in self.iter_devices(device_ids)]
 
     def iter_devices(self, device_ids: Iterable[int] | None = None
                      ) -> Iterator[tuple[int, LabeledData]]:
-        """Yield ``(device_id, data)`` one user at a time; nothing is kept."""
+        """Yield ``(device_id, data)`` in order; only a few hundred windows are held.
+
+        Each user's random draws come from its own generator, in the order a user
+        alone would draw them, so a user's data is the same however it is asked for;
+        the arithmetic runs once over the windows of several users.
+        """
+        pending: list[_Draws] = []
+        windows = 0
         for device_id in range(self.devices) if device_ids is None else device_ids:
-            yield int(device_id), self.device(int(device_id))
+            pending.append(self._draw(int(device_id)))
+            windows += len(pending[-1].labels)
+            if windows >= _RENDER_WINDOWS:
+                yield from self._emit(pending)
+                pending, windows = [], 0
+        yield from self._emit(pending)
+
+    def _emit(self, draws: list[_Draws]) -> Iterator[tuple[int, LabeledData]]:
+        if not draws:
+            return
+        for draw, x in zip(draws, self._render(draws), strict=True):
+            yield draw.device_id, LabeledData(
+                x=x, y=draw.labels,
+                user=np.full(len(draw.labels), draw.device_id, dtype=np.int64),
+                class_names=CLASSES, meta={"source": "synthetic", "seed": self.seed})
 
     def pooled(self, device_ids: Iterable[int]) -> LabeledData:
         """The windows of several users together (for central pretraining)."""
@@ -154,30 +173,74 @@ class SyntheticFleet:
             meta={"source": "synthetic", "seed": self.seed},
         )
 
-    def _render(self, rng: np.random.Generator, labels: np.ndarray,
-                style: DeviceStyle) -> np.ndarray:
-        world = self._world
+    def _draw(self, device_id: int) -> _Draws:
+        rng = self._rng(device_id)
+        style = self._style(rng)
+        labels = _bouts(rng, style.label_mix, style.windows)
         n = len(labels)
-        t = np.arange(STEPS) / SAMPLE_RATE_HZ
         phase = rng.uniform(0, 2 * np.pi, size=(n, _COMPONENTS, 1))
         jitter = 1.0 + 0.1 * rng.normal(size=(n, _COMPONENTS, 1))
-        freq = world.freq_hz[labels][:, :, None] * style.tempo * jitter  # (n, comp, 1)
-        waves = np.sin(2 * np.pi * freq * t[None, None, :] + phase)  # (n, comp, steps)
-        motion = np.einsum("nct,ncm->ntm", waves, world.amplitude[labels])  # (n, steps, 6)
-        body_acc, gyro = motion[..., :3], motion[..., 3:]
-        total_acc = body_acc + world.gravity[labels][:, None, :]
-        x = np.concatenate([body_acc, gyro, total_acc], axis=-1).reshape(n, STEPS, 3, 3)
-        x = (x @ style.rotation.T).reshape(n, STEPS, CHANNELS)
-        x = x * style.gain + style.offset
-        x += rng.normal(0.0, style.noise_std, size=x.shape)
-        return x.astype(np.float32)
+        noise = rng.normal(0.0, style.noise_std, size=(n, STEPS, CHANNELS))
+        return _Draws(device_id, style, labels, phase, jitter, noise)
+
+    def _render(self, draws: list[_Draws]) -> list[np.ndarray]:
+        """The windows of several users: per-class oscillations mixed into body
+        acceleration and gyroscope, gravity added to a total acceleration, each xyz
+        triplet rotated by the user's phone orientation, then gain, offset, noise.
+
+        Rotation and gain are linear, so they are folded into each window's mixing
+        matrix ``(components, channels)`` and its constant term: one small matmul per
+        window instead of four passes over ``(windows, steps, channels)``.
+        """
+        world = self._world
+        labels = np.concatenate([d.labels for d in draws])
+        sizes = [len(d.labels) for d in draws]
+        user = np.repeat(np.arange(len(draws)), sizes)
+        rotation = np.stack([d.style.rotation for d in draws])[user]  # (n, 3, 3)
+        gain = np.stack([d.style.gain for d in draws])[user]  # (n, 9)
+        offset = np.stack([d.style.offset for d in draws])[user]
+        tempo = np.array([d.style.tempo for d in draws])[user]
+        t = np.arange(STEPS) / SAMPLE_RATE_HZ
+        phase = np.concatenate([d.phase for d in draws])
+        jitter = np.concatenate([d.jitter for d in draws])
+        # Laid out (n, steps, comp) so the mixing matmul below reads contiguous rows.
+        freq = (world.freq_hz[labels] * tempo[:, None] * jitter[..., 0])[:, None, :]
+        waves = np.sin(2 * np.pi * freq * t[None, :, None] + phase.transpose(0, 2, 1))
+        amplitude = world.amplitude[labels]  # (n, comp, 6): body acc xyz, gyro xyz
+        # Rotate each triplet of the mixing matrix: (n, comp, 3) @ R^T per window.
+        body = np.matmul(amplitude[..., :3], rotation.transpose(0, 2, 1))
+        gyro = np.matmul(amplitude[..., 3:], rotation.transpose(0, 2, 1))
+        mixing = np.concatenate([body, gyro, body], axis=-1) * gain[:, None, :]
+        gravity = np.einsum("nj,nij->ni", world.gravity[labels], rotation)
+        constant = offset + np.concatenate(
+            [np.zeros((len(labels), 6)), gravity], axis=-1) * gain
+        x = np.matmul(waves, mixing)  # (n, steps, channels)
+        x += constant[:, None, :]
+        x += np.concatenate([d.noise for d in draws])
+        return np.split(x.astype(np.float32), np.cumsum(sizes)[:-1])
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """One user's random draws, in the order the user's generator makes them."""
+
+    device_id: int
+    style: DeviceStyle
+    labels: np.ndarray
+    phase: np.ndarray
+    jitter: np.ndarray
+    noise: np.ndarray
 
 
 def _bouts(rng: np.random.Generator, label_mix: np.ndarray, windows: int) -> np.ndarray:
     """Labels in time order: activities come in bouts of a few consecutive windows."""
+    # `rng.choice(k, p=label_mix)` as numpy computes it (one uniform, searched in the
+    # normalised cdf) without its per-call validation: the same draws, much cheaper.
+    cdf = label_mix.cumsum()
+    cdf /= cdf[-1]
     labels: list[int] = []
     while len(labels) < windows:
-        activity = int(rng.choice(len(label_mix), p=label_mix))
+        activity = int(cdf.searchsorted(rng.random(), side="right"))
         labels.extend([activity] * (1 + int(rng.poisson(4))))
     return np.asarray(labels[:windows], dtype=np.int64)
 

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 PARITY_FILE = "parity.json"
 INFER_TOLERANCE = 1e-5
 TRAIN_RELATIVE_TOLERANCE = 1e-4
-ADAM_STEP_FRACTION = 0.1  # of the learning rate: see `tflite_parity`
+# Of the learning rate: see `tflite_parity`. A wrong gradient, rate, mask or bias
+# correction moves the weights by many steps over a parity run, not by half of one.
+ADAM_STEP_FRACTION = 0.5
 # The Core ML reference interpreter against TensorFlow (absolute, on probabilities and
 # on weights after an epoch).
 COREML_TOLERANCE = 1e-4
@@ -145,10 +147,10 @@ def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: n
             return check
         # Adam divides each step by the root of its squared-gradient average, so where a
         # confident model's gradients are near zero, float32 rounding (TensorFlow's
-        # kernels against XNNPACK's) changes steps by up to their size. Real rows show it
-        # where random ones do not; allow a tenth of one step.
+        # kernels against XNNPACK's, which differ by CPU) changes steps by up to their
+        # size. Allow half of one step.
         return Check(name, check.max_abs_diff, floor, check.max_abs_diff <= floor,
-                     f"{note}; Adam: tolerance a tenth of one step (0.1 x learning rate)")
+                     f"{note}; Adam: tolerance half of one step (0.5 x learning rate)")
 
     train_both(steps)
     checks.append(weights_check(f"tflite.train.{steps}_steps",

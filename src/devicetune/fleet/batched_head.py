@@ -67,9 +67,12 @@ class BatchedHead:
         return [p[device].copy() for p in self.params]
 
     def step(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One training step on ``(D, B, F)`` features, ``(D, B)`` labels and mask;
-        returns each device's mean loss over its real rows."""
-        kernels, biases = self.params[0::2], self.params[1::2]
+        """One training step on ``(K, B, F)`` features, ``(K, B)`` labels and mask, for
+        the first ``K <= D`` devices (the others are left as they are); returns each
+        device's mean loss over its real rows."""
+        k = features.shape[0]
+        params = self.params if k == self.devices else [p[:k] for p in self.params]
+        kernels, biases = params[0::2], params[1::2]
         inputs, pre = [], []
         hidden = features
         for kernel, bias, activation in zip(kernels, biases, self.activations, strict=True):
@@ -113,40 +116,49 @@ class BatchedHead:
                      / _expand(count, g).astype(np.float32) for g in grads]
         grads = [g.astype(np.float32) for g in grads]
         if self.proximal_mu:
+            anchor = self.anchor if k == self.devices else [a[:k] for a in self.anchor]
             grads = [g + np.float32(self.proximal_mu) * (p - a)
-                     for g, p, a in zip(grads, self.params, self.anchor, strict=True)]
+                     for g, p, a in zip(grads, params, anchor, strict=True)]
         self._apply(grads, active=mask.sum(axis=1) > 0)
         return loss
 
     def _apply(self, grads: list[np.ndarray], active: np.ndarray) -> None:
+        """The optimizer's update of the first ``len(active)`` devices, in place; a
+        device not ``active`` this step keeps its weights and state exactly."""
+        k = len(active)
+        everyone = bool(active.all())
         rate = np.float32(self.learning_rate)
         spec = self.optimizer
+
+        def put(target: np.ndarray, new: np.ndarray) -> None:
+            target[:k] = new if everyone else np.where(_expand(active, new), new, target[:k])
+
         if spec.name == "adam":
-            steps = self._steps + active  # only devices that trained this step advance
+            steps = self._steps[:k] + active  # only devices that trained this step advance
             b1, b2 = np.float32(spec.beta_1), np.float32(spec.beta_2)
             m_scale = (1.0 / (1.0 - b1 ** np.maximum(steps, 1))).astype(np.float32)
             v_scale = (1.0 / (1.0 - b2 ** np.maximum(steps, 1))).astype(np.float32)
             for i, grad in enumerate(grads):
-                keep = _expand(active, grad)
-                m, v = self._slots[0][i], self._slots[1][i]
+                m, v = self._slots[0][i][:k], self._slots[1][i][:k]
                 new_m = b1 * m + (1 - b1) * grad
                 new_v = b2 * v + (1 - b2) * grad * grad
                 update = (new_m * _expand(m_scale, grad)) / (
                     np.sqrt(new_v * _expand(v_scale, grad)) + np.float32(spec.epsilon))
-                self._slots[0][i] = np.where(keep, new_m, m)
-                self._slots[1][i] = np.where(keep, new_v, v)
-                self.params[i] = np.where(keep, self.params[i] - rate * update, self.params[i])
-            self._steps = steps.astype(np.float32)
+                new_p = self.params[i][:k] - rate * update
+                put(self._slots[0][i], new_m)
+                put(self._slots[1][i], new_v)
+                put(self.params[i], new_p)
+            self._steps[:k] = steps
             return
         momentum = np.float32(spec.momentum)
         for i, grad in enumerate(grads):
-            keep = _expand(active, grad)
             if momentum == 0:
-                self.params[i] = np.where(keep, self.params[i] - rate * grad, self.params[i])
+                put(self.params[i], self.params[i][:k] - rate * grad)
                 continue
-            velocity = momentum * self._slots[0][i] - rate * grad
-            self._slots[0][i] = np.where(keep, velocity, self._slots[0][i])
-            self.params[i] = np.where(keep, self.params[i] + velocity, self.params[i])
+            velocity = momentum * self._slots[0][i][:k] - rate * grad
+            new_p = self.params[i][:k] + velocity
+            put(self._slots[0][i], velocity)
+            put(self.params[i], new_p)
 
 
 def _expand(per_device: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from devicetune.fleet.messages import (
     train_reply,
 )
 from devicetune.fleet.population import DeviceProfile, LocalData
+from devicetune.fleet.stages import STAGES
 
 TrainingData = Callable[[], tuple[np.ndarray, np.ndarray]]
 
@@ -32,25 +33,30 @@ def train_locally(runtime: DeviceRuntime, train: TrainingData, weights: list[np.
         The new weights and the metrics of the reply (examples, loss, compute time).
     """
     features, labels = train()
-    runtime.set_weights(weights)
-    start = time.perf_counter()
-    loss = runtime.fit(features, labels, instructions.local_epochs, rng,
-                       learning_rate=instructions.learning_rate,
-                       proximal_mu=instructions.proximal_mu, private=instructions.private)
-    compute_s = time.perf_counter() - start
+    with STAGES.timed("local training"):
+        runtime.set_weights(weights)
+        start = time.perf_counter()
+        loss = runtime.fit(features, labels, instructions.local_epochs, rng,
+                           learning_rate=instructions.learning_rate,
+                           proximal_mu=instructions.proximal_mu,
+                           private=instructions.private)
+        compute_s = time.perf_counter() - start
+        new_weights = runtime.get_weights()
     metrics = {NUM_EXAMPLES: float(len(labels)), "train-loss": float(loss),
                "compute-seconds": compute_s}
     if instructions.private:  # what the device's own sample-level epsilon depends on
         metrics["dp-steps"] = float(instructions.local_epochs
                                     * -(-len(labels) // runtime.batch_size))
-    return runtime.get_weights(), metrics
+    return new_weights, metrics
 
 
 def training_data(runtime: DeviceRuntime, data: Callable[[], LocalData]) -> TrainingData:
     """The device's training features and labels, computed by its own backbone."""
     def compute() -> tuple[np.ndarray, np.ndarray]:
-        train = data().train
-        return runtime.features(train.x), train.y
+        with STAGES.timed("generate"):
+            train = data().train
+        with STAGES.timed("embed"):
+            return runtime.features(train.x), train.y
 
     return compute
 

@@ -44,11 +44,79 @@ class TrainInstructions:
 
 
 def weights_to_record(names: list[str], weights: list[np.ndarray]):
-    """An ArrayRecord of the named weights, in order."""
-    from flwr.app import Array, ArrayRecord
+    """An ArrayRecord of the named weights, in order, whose arrays stay resident."""
+    from flwr.app import ArrayRecord
 
-    return ArrayRecord({n: Array(np.asarray(w, np.float32))
-                        for n, w in zip(names, weights, strict=True)})
+    record = ArrayRecord()  # filled item by item: its dict constructor copies arrays
+    for name, weight in zip(names, weights, strict=True):
+        record[name] = resident_array(np.asarray(weight, np.float32))
+    return record
+
+
+def resident_array(ndarray: np.ndarray):
+    """A Flower ``Array`` that keeps its ndarray (see `_resident_array_class`)."""
+    return _resident_array_class()(ndarray)
+
+
+_RESIDENT: list[type] = []
+
+
+def _resident_array_class() -> type:
+    """``ResidentArray``: a `flwr.app.Array` holding the ndarray it was made from.
+
+    Flower's Array stores ``.npy`` bytes and parses them on every ``numpy()``; in one
+    process a round's replies are read by validation, by the strategy's
+    ``aggregate_train`` and by DP clipping, so that parse dominated once training was
+    batched. This Array answers ``numpy()`` with a copy of the array it holds, and
+    makes the bytes only when something asks for ``data`` (a message leaving the
+    process: Flower's Simulation Engine, a SuperLink), so what Flower sends is the same.
+    Made on first use: flwr is a heavy import.
+    """
+    if _RESIDENT:
+        return _RESIDENT[0]
+    from io import BytesIO
+
+    from flwr.app import Array
+    from flwr.common.constant import SType
+
+    class ResidentArray(Array):
+        def __init__(self, ndarray: np.ndarray) -> None:
+            array = np.array(ndarray, copy=True, order="C")
+            array.setflags(write=False)
+            self.__dict__["_resident"] = array
+            self.dtype = str(array.dtype)
+            self.shape = tuple(int(k) for k in array.shape)
+            self.stype = SType.NUMPY
+
+        @property  # type: ignore[override]
+        def data(self) -> bytes:
+            if "_data" not in self.__dict__:
+                buffer = BytesIO()
+                np.save(buffer, self.__dict__["_resident"], allow_pickle=False)
+                self.__dict__["_data"] = buffer.getvalue()
+            return self.__dict__["_data"]
+
+        @data.setter
+        def data(self, value: bytes) -> None:  # Flower inflating bytes into it
+            self.__dict__["_data"] = value
+            self.__dict__.pop("_resident", None)
+
+        def numpy(self) -> np.ndarray:
+            resident = self.__dict__.get("_resident")
+            return super().numpy() if resident is None else resident.copy()
+
+        def resident(self) -> np.ndarray | None:
+            """The held array itself (read-only), without a copy."""
+            return self.__dict__.get("_resident")
+
+        def __reduce_ex__(self, protocol):  # pickled (Ray) as the array it holds
+            held = self.__dict__.get("_resident")
+            return (resident_array, (self.numpy() if held is None else held,))
+
+    # Deflated under Flower's own type name, so the far side inflates a plain Array.
+    ResidentArray.__qualname__ = "Array"
+    _RESIDENT.append(ResidentArray)
+    return ResidentArray
 
 
 _LAST_DECODED: list = [None, None]
@@ -58,16 +126,24 @@ def record_to_weights(record) -> tuple[list[str], list[np.ndarray]]:
     """Names and arrays (read-only) of an ArrayRecord, in its order.
 
     A round sends one ArrayRecord object to all its devices and Flower's arrays parse
-    their bytes on every ``numpy()``, so the last record decoded is remembered.
+    their bytes on every ``numpy()``, so the last record decoded is remembered; a
+    resident array is read without a parse or a copy.
     """
     if _LAST_DECODED[0] is record:
         return _LAST_DECODED[1]
-    arrays = [array.numpy() for array in record.values()]
-    for array in arrays:
-        array.setflags(write=False)
+    arrays = [_read_only(array) for array in record.values()]
     decoded = (list(record.keys()), arrays)
     _LAST_DECODED[0], _LAST_DECODED[1] = record, decoded
     return decoded
+
+
+def _read_only(array) -> np.ndarray:
+    held = array.resident() if hasattr(array, "resident") else None
+    if held is not None:
+        return held
+    parsed = array.numpy()
+    parsed.setflags(write=False)
+    return parsed
 
 
 def train_reply(request, names: list[str], weights: list[np.ndarray],

@@ -96,10 +96,10 @@ class Population:
             self._profiles[device_id] = profile
         return profile
 
-    def local_data(self, device_id: int) -> LocalData:
+    def local_data(self, device_id: int, data: LabeledData | None = None) -> LocalData:
         """The device's examples, the first part (in time) for training, the rest for
-        testing what the device will see next."""
-        data = self.source.device(device_id)
+        testing what the device will see next (``data``: its examples, if already read)."""
+        data = self.source.device(device_id) if data is None else data
         if len(data) < 2:
             from devicetune.errors import DataError
 

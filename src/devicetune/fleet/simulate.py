@@ -34,7 +34,7 @@ from devicetune.run_files import (
     write_devices,
 )
 
-ENGINES = ("inline", "vectorized", "flower")
+ENGINES = ("inline", "vectorized", "ray", "flower")
 
 
 class Progress(Protocol):
@@ -70,8 +70,8 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     Args:
         artifacts: a `devicetune build` folder to run; default: build into
             ``out_dir/artifacts``.
-        ray_address: with the flower engine, a running Ray cluster to use (HEAD:PORT);
-            default: a local Ray on this machine's cores.
+        ray_address: with the flower or ray engine, a running Ray cluster to use
+            (HEAD:PORT); default: a local Ray on this machine's cores.
         data: the fleet's data instead of ``[fleet.data] source``: a `LabeledData`
             (split as ``partition`` says; ``personalization.subjects`` are its users) or
             any `DeviceDataSource`.
@@ -138,7 +138,8 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
                                    ray_address)
         loop.weights = final
     else:
-        grid = _grid(engine, config, population, runtimes, artifacts, progress)
+        grid = _grid(engine, config, population, runtimes, artifacts, progress,
+                     data_dir=data_dir, ray_address=ray_address)
         metrics_path.write_text("")
         for server_round in range(1, config.server.rounds + 1):
             progress.stage(f"round {server_round}/{config.server.rounds}",
@@ -150,6 +151,8 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
                 break
             with metrics_path.open("a") as handle:  # a crashed run keeps finished rounds
                 handle.write(json.dumps(record.to_dict()) + "\n")
+        if hasattr(grid, "close"):  # the ray engine's workers
+            grid.close()
     rounds = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     device_rounds = sum(r["sampled"] for r in rounds)
     rounds_s = sum(r["wall_s"] for r in rounds)
@@ -183,9 +186,10 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
 
 
 def _grid(engine: str, config: DevicetuneConfig, population: Population,
-          runtimes: dict[str, DeviceRuntime], artifacts: Path, progress: Progress) -> Any:
-    """The in-process grid of an engine: each device's artifact in turn, or all of a
-    round's devices batched together."""
+          runtimes: dict[str, DeviceRuntime], artifacts: Path, progress: Progress,
+          data_dir: Path | None = None, ray_address: str | None = None) -> Any:
+    """The grid of an engine: each device's artifact in turn, all of a round's devices
+    batched together, or batched in shards on Ray workers."""
     from devicetune.fleet.grid import InlineGrid
 
     assert config.model is not None
@@ -203,10 +207,17 @@ def _grid(engine: str, config: DevicetuneConfig, population: Population,
     if not isinstance(embedder, LiteRTDevice):
         embedder = LiteRTDevice(artifacts / manifest.tflite.file,
                                 config.model.optimizer.learning_rate)
+    dp = (manifest.tflite.dp_clip_norm, manifest.tflite.dp_noise_multiplier)
+    if engine == "ray":
+        from devicetune.fleet.sharded import ShardedGrid
+
+        assert data_dir is not None
+        return ShardedGrid(config, artifacts, data_dir, embedder=embedder,
+                           activations=manifest.tflite.head_activations,
+                           ray_address=ray_address, dp=dp, population=population,
+                           round_timeout_s=timeout_s, on_device=lambda _: progress.advance())
     return VectorizedGrid(population, embedder, manifest.tflite.head_activations,
-                          config.model.optimizer,
-                          dp=(manifest.tflite.dp_clip_norm, manifest.tflite.dp_noise_multiplier),
-                          round_timeout_s=timeout_s,
+                          config.model.optimizer, dp=dp, round_timeout_s=timeout_s,
                           on_device=lambda _: progress.advance())
 
 

@@ -27,9 +27,11 @@ from devicetune.fleet.messages import (
     NUM_EXAMPLES,
     TrainInstructions,
     record_to_weights,
-    train_reply,
 )
 from devicetune.fleet.population import Population
+from devicetune.fleet.round_data import local_data_of
+from devicetune.fleet.round_updates import RoundUpdates
+from devicetune.fleet.stages import STAGES
 
 EMBED_CHUNK = 4096  # examples per backbone call
 
@@ -54,12 +56,18 @@ class VectorizedGrid(FleetGridBase):
         self.optimizer = optimizer
         self.batch_size = embedder.batch_size
         self.dp_clip_norm, self.dp_noise_multiplier = dp
+        self.noise_key: tuple[int, ...] = ()  # a shard's own DP-SGD noise stream
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
+        return self.train_round(messages).device_messages()
+
+    def train_round(self, messages: Iterable[Message]) -> RoundUpdates:
+        """Train every device a round's messages address; their updates stacked (no
+        per-device Flower message: see `RoundUpdates`)."""
         messages = list(messages)
         if not messages:
-            return []
+            return RoundUpdates.concatenate([])
         names, weights = record_to_weights(messages[0].content[ARRAYS])
         instructions = TrainInstructions.from_config(dict(messages[0].content[CONFIG]))
         working, devices = [], []
@@ -70,79 +78,137 @@ class VectorizedGrid(FleetGridBase):
             working.append(message)
             devices.append(device)
         if not devices:
-            return []
+            return RoundUpdates.concatenate([])
+        new_weights, metrics = self.train_shard(devices, weights, instructions)
+        return self.collect(names, [(new_weights, metrics)], [working])
+
+    def collect(self, names: list[str], shards: list[tuple[list[np.ndarray], dict]],
+                requests: list[list[Message]]) -> RoundUpdates:
+        """The shards' results as one `RoundUpdates`; stragglers past the round's
+        timeout dropped, as a server's timeout would drop them."""
+        updates = RoundUpdates.concatenate([
+            RoundUpdates(names, weights, metrics, shard_requests, [len(shard_requests)])
+            for (weights, metrics), shard_requests in zip(shards, requests, strict=True)])
+        if not updates.devices:
+            return updates
+        devices = updates.metrics["device-id"].astype(np.int64).tolist()
+        for device in devices:
+            self.on_device(device)
+        late = updates.metrics["device-seconds"] > self.round_timeout_s
+        self.dropped.extend(d for d, is_late in zip(devices, late, strict=True) if is_late)
+        return updates.select(~late) if late.any() else updates
+
+    def train_shard(self, devices: list[int], weights: list[np.ndarray],
+                    instructions: TrainInstructions) -> tuple[list[np.ndarray], dict]:
+        """Train ``devices`` (none dropping out) as one batch: their new weights stacked
+        and their reply metrics, one value per device."""
         start = time.perf_counter()
         features, labels = self._training_data(devices)
-        head = BatchedHead.from_global(
-            weights, len(devices), activations=self.activations, optimizer=self.optimizer,
-            learning_rate=instructions.learning_rate, proximal_mu=instructions.proximal_mu,
-            dp_clip_norm=self.dp_clip_norm,
-            dp_noise_multiplier=self.dp_noise_multiplier if instructions.private else None,
-            rng=np.random.default_rng(np.random.SeedSequence(
-                [self.population.seed, 11, self.server_round])))
-        losses = train_together(head, features, labels, devices, instructions,
-                                self.population.seed, self.batch_size)
+        new_weights, losses = self.train_devices(weights, features, labels, devices,
+                                                 instructions)
         compute_s = (time.perf_counter() - start) / len(devices)
-        replies = []
-        for i, (message, device) in enumerate(zip(working, devices, strict=True)):
-            profile = self.population.profile(device)
-            metrics = {NUM_EXAMPLES: float(len(labels[i])), "train-loss": float(losses[i]),
-                       "compute-seconds": compute_s,
-                       "device-seconds": compute_s / profile.speed,
-                       "device-id": float(device)}
-            if instructions.private:
-                metrics["dp-steps"] = float(instructions.local_epochs
-                                            * -(-len(labels[i]) // self.batch_size))
-            self.on_device(device)
-            if metrics["device-seconds"] > self.round_timeout_s:
-                self.dropped.append(device)
-                continue
-            replies.append(train_reply(message, names, head.device_weights(i), metrics))
-        return replies
+        speed = np.array([self.population.profile(d).speed for d in devices])
+        sizes = np.array([len(y) for y in labels], np.float64)
+        metrics = {NUM_EXAMPLES: sizes, "train-loss": losses.astype(np.float64),
+                   "compute-seconds": np.full(len(devices), compute_s),
+                   "device-seconds": compute_s / speed,
+                   "device-id": np.array(devices, np.float64)}
+        if instructions.private:
+            metrics["dp-steps"] = instructions.local_epochs * np.ceil(sizes / self.batch_size)
+        return new_weights, metrics
+
+    def train_devices(self, weights: list[np.ndarray], features: list[np.ndarray],
+                      labels: list[np.ndarray], devices: list[int],
+                      instructions: TrainInstructions
+                      ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Local epochs of ``devices`` from the global ``weights``, as one batch: their
+        new weights (stacked) and mean training losses."""
+        with STAGES.timed("local training"):
+            head = BatchedHead.from_global(
+                weights, len(devices), activations=self.activations,
+                optimizer=self.optimizer, learning_rate=instructions.learning_rate,
+                proximal_mu=instructions.proximal_mu, dp_clip_norm=self.dp_clip_norm,
+                dp_noise_multiplier=self.dp_noise_multiplier if instructions.private
+                else None,
+                rng=np.random.default_rng(np.random.SeedSequence(
+                    [self.population.seed, 11, self.server_round, *self.noise_key])))
+            losses = train_together(head, features, labels, devices, instructions,
+                                    self.population.seed, self.batch_size)
+            return [p.astype(np.float32, copy=False) for p in head.params], losses
 
     def _training_data(self, devices: list[int]
                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Every device's training features and labels: cached ones reused, the rest
-        from a few large backbone calls."""
+        generated and embedded together, a few thousand examples at a time."""
         entries = {d: self.cache.get(("android", d)) for d in devices}
         missing = [d for d, entry in entries.items() if entry is None]
-        if missing:
-            trains = [self.population.local_data(d).train for d in missing]
-            pooled = np.concatenate([t.x for t in trains])
-            out = np.concatenate([self.embedder.features(pooled[i:i + EMBED_CHUNK])
-                                  for i in range(0, len(pooled), EMBED_CHUNK)])
+        for chunk in _chunks(missing, self.population, EMBED_CHUNK):
+            with STAGES.timed("generate"):
+                trains = [local.train for local in local_data_of(self.population, chunk)]
+            with STAGES.timed("embed"):
+                out = self.embedder.features(np.concatenate([t.x for t in trains]))
             cuts = np.cumsum([len(t) for t in trains])[:-1]
-            for d, f, t in zip(missing, np.split(out, cuts), trains, strict=True):
+            for d, f, t in zip(chunk, np.split(out, cuts), trains, strict=True):
+                f = f.copy()  # a view would keep the whole chunk's features alive
                 entries[d] = (f, t.y)
                 self.cache.put(("android", d), f, t.y)
         return [entries[d][0] for d in devices], [entries[d][1] for d in devices]
+
+
+def _chunks(devices: list[int], population: Population, examples: int
+            ) -> Iterable[list[int]]:
+    """Consecutive groups of devices holding about ``examples`` examples each (sizes
+    guessed from the source's windows per device when it knows them)."""
+    per_device = max(1, int(getattr(population.source, "windows_per_device", 64)))
+    size = max(1, examples // per_device)
+    for start in range(0, len(devices), size):
+        yield devices[start:start + size]
 
 
 def train_together(head: BatchedHead, features: list[np.ndarray], labels: list[np.ndarray],
                    devices: list[int], instructions: TrainInstructions, seed: int,
                    batch_size: int) -> np.ndarray:
     """Local epochs for every device at once, visiting each device's rows in the order
-    its own artifact would (`handle_train`'s per-device, per-round generator)."""
+    its own artifact would (`handle_train`'s per-device, per-round generator).
+
+    The head's devices are taken largest first, so a step trains only a prefix of
+    them: the devices that still have rows (device sizes vary several-fold, and the
+    padding steps of small devices would otherwise cost as much as real ones).
+    """
     count = len(devices)
-    rngs = [np.random.default_rng(np.random.SeedSequence(
-        [seed, 8, instructions.server_round, d])) for d in devices]
     sizes = np.array([len(y) for y in labels])
-    steps = int(np.ceil(sizes.max() / batch_size))
+    order = np.argsort(-sizes, kind="stable")  # head row r is device order[r]
+    rngs = [np.random.default_rng(np.random.SeedSequence(
+        [seed, 8, instructions.server_round, devices[i]])) for i in order]
+    sorted_sizes = sizes[order]
+    steps = int(np.ceil(sorted_sizes[0] / batch_size))
+    # Devices with rows at step s: those whose size exceeds s * batch_size (a prefix).
+    active = [int(np.sum(sorted_sizes > s * batch_size)) for s in range(steps)]
     dim = features[0].shape[1]
+    width = steps * batch_size
+    # Every device's rows pooled once; each epoch gathers them in one fancy index.
+    pooled_x = np.concatenate([features[i] for i in order])
+    pooled_y = np.concatenate([labels[i] for i in order])
+    offsets = np.concatenate([[0], np.cumsum(sorted_sizes)[:-1]])
+    slots = (np.repeat(np.arange(count) * width, sorted_sizes)
+             + np.arange(len(pooled_y)) - np.repeat(offsets, sorted_sizes))
+    m = np.zeros((count, width), np.float32)
+    m.reshape(-1)[slots] = 1.0
     losses = np.zeros(count)
     for _ in range(instructions.local_epochs):
-        orders = [rng.permutation(n) for rng, n in zip(rngs, sizes, strict=True)]
-        x = np.zeros((count, steps * batch_size, dim), np.float32)
-        y = np.zeros((count, steps * batch_size), np.int64)
-        m = np.zeros((count, steps * batch_size), np.float32)
-        for i, order in enumerate(orders):
-            x[i, :len(order)] = features[i][order]
-            y[i, :len(order)] = labels[i][order]
-            m[i, :len(order)] = 1.0
+        source = np.concatenate([offset + rng.permutation(n) for offset, rng, n
+                                 in zip(offsets, rngs, sorted_sizes, strict=True)])
+        x = np.zeros((count, width, dim), np.float32)
+        y = np.zeros((count, width), np.int64)
+        x.reshape(-1, dim)[slots] = pooled_x[source]
+        y.reshape(-1)[slots] = pooled_y[source]
         total = np.zeros(count)
         for s in range(steps):
-            rows = slice(s * batch_size, (s + 1) * batch_size)
-            step_loss = head.step(x[:, rows], y[:, rows], m[:, rows])
-            total += step_loss * m[:, rows].sum(axis=1)
-        losses = total / np.maximum(sizes, 1)
-    return losses
+            k, rows = active[s], slice(s * batch_size, (s + 1) * batch_size)
+            step_loss = head.step(x[:k, rows], y[:k, rows], m[:k, rows])
+            total[:k] += step_loss * m[:k, rows].sum(axis=1)
+        losses = total / np.maximum(sorted_sizes, 1)
+    inverse = np.empty(count, np.int64)
+    inverse[order] = np.arange(count)
+    head.params = [p[inverse] for p in head.params]  # back to the devices' order
+    return losses[inverse]

@@ -93,7 +93,8 @@ def _device_side(settings: AppSettings) -> _DeviceSide:
 
     config = load_config(settings.config)
     config.require("model", "fleet", command="the devicetune ClientApp")
-    population = Population.from_config(config.fleet, config.seed, settings.data_dir)
+    population = Population.from_config(config.fleet, config.seed, settings.data_dir,
+                                        class_names=config.model.classes)
     rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
     return _DeviceSide(config, population,
                        open_runtimes(settings.artifacts, config.fleet.platform_mix, rate),

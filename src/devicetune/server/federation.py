@@ -72,7 +72,8 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     config = load_config(settings.config)
     config.require("model", "fleet", command="the devicetune ServerApp")
     check_serve_config(config)
-    population = Population.from_config(config.fleet, config.seed, settings.data_dir)
+    population = Population.from_config(config.fleet, config.seed, settings.data_dir,
+                                        class_names=config.model.classes)
     rate = config.fleet.learning_rate or config.model.optimizer.learning_rate
     reference = next(iter(open_runtimes(settings.artifacts, {"android": 1.0}, rate).values()))
     evaluate = global_evaluator(config, population, reference, settings.data_dir)

@@ -25,6 +25,8 @@ from devicetune.fleet.messages import (
     record_to_weights,
     weights_to_record,
 )
+from devicetune.fleet.round_updates import aggregates_by_weighted_mean
+from devicetune.fleet.stages import STAGES
 from devicetune.server.strategies import set_sample_size
 from devicetune.server.validation import update_problem
 
@@ -112,34 +114,69 @@ class FederatedLoop:
         messages = list(self.strategy.configure_train(
             server_round, weights_to_record(self.names, self.weights), config, grid)) \
             if online else []
-        replies = list(grid.send_and_receive(messages, timeout=self.round_timeout_s)) \
-            if messages else []
-        # A device that failed mid-round (an error reply) dropped out, as one that never
-        # answered did.
-        failed = [r for r in replies if r.has_error()]
-        for reply in failed:
-            log.info("device node %s dropped: %s", reply.metadata.src_node_id,
-                     reply.error.reason)
-        replies = [r for r in replies if not r.has_error()]
-        valid, rejected, losses = self._validate(replies)
-        quorum = len(valid) >= self.min_devices
+        shards = 1
+        if messages and hasattr(grid, "train_round") \
+                and aggregates_by_weighted_mean(self.strategy):
+            # A batched grid: updates stacked, one weighted-mean message per shard.
+            updates = grid.train_round(messages)
+            replied = updates.devices
+            with STAGES.timed("validation"):
+                updates, rejected, losses = self._validate_stacked(updates)
+            completed, valid = updates.devices, updates.shard_messages()
+            shards = len(updates.shards)
+        else:
+            replies = list(grid.send_and_receive(messages, timeout=self.round_timeout_s)) \
+                if messages else []
+            # A device that failed mid-round (an error reply) dropped out, as one that
+            # never answered did.
+            failed = [r for r in replies if r.has_error()]
+            for reply in failed:
+                log.info("device node %s dropped: %s", reply.metadata.src_node_id,
+                         reply.error.reason)
+            replies = [r for r in replies if not r.has_error()]
+            replied = len(replies)
+            with STAGES.timed("validation"):
+                valid, rejected, losses = self._validate(replies)
+            completed = len(valid)
+        quorum = completed >= self.min_devices
         extra: dict[str, Any] = {} if quorum else {"quorum": False}
+        if shards > 1:
+            extra["shards"] = shards
         if valid and quorum:
-            arrays, _ = self.strategy.aggregate_train(server_round, valid)
+            with STAGES.timed("aggregation"):
+                arrays, _ = self.strategy.aggregate_train(server_round, valid)
             if arrays is not None:
                 self.weights = [w.astype(np.float32) for w in record_to_weights(arrays)[1]]
                 if self.privacy is not None:  # an aggregate was released: account it
                     extra.update(self.privacy.after_round(server_round,
                                                           self.strategy.last["clip_norm"]))
-        evaluation = self.evaluate(self.weights)
+        with STAGES.timed("evaluation"):
+            evaluation = self.evaluate(self.weights)
         return RoundRecord(
-            round=server_round, sampled=len(messages), completed=len(valid),
-            dropped=len(messages) - len(replies), rejected=rejected,
+            round=server_round, sampled=len(messages), completed=completed,
+            dropped=len(messages) - replied, rejected=rejected,
             global_accuracy=evaluation.get("accuracy"),
             mean_local_loss=float(np.mean(losses)) if losses else None,
             wall_s=round(time.perf_counter() - start, 4),
             extra=extra,
         )
+
+    def _validate_stacked(self, updates: Any) -> tuple[Any, int, list[float]]:
+        """`_validate` for a grid's stacked `RoundUpdates`."""
+        problems = updates.problems(self.names, self.weights, self.max_update_norm)
+        for problem, device in zip(problems, updates.metrics["device-id"], strict=True):
+            if problem is not None:
+                log.warning("rejected the update of device %d: %s", int(device), problem)
+        keep = np.array([p is None for p in problems], bool)
+        if not keep.all():
+            updates = updates.select(keep)
+        metrics = updates.metrics
+        if "dp-steps" in metrics:
+            for device, steps_now, examples in zip(metrics["device-id"], metrics["dp-steps"],
+                                                   metrics[NUM_EXAMPLES], strict=True):
+                steps, _ = self.device_dp_steps.get(int(device), (0, 0))
+                self.device_dp_steps[int(device)] = (steps + int(steps_now), int(examples))
+        return updates, int((~keep).sum()), metrics["train-loss"].tolist()
 
     def _validate(self, replies: list[Any]) -> tuple[list[Any], int, list[float]]:
         valid, rejected, losses = [], 0, []
