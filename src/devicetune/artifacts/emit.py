@@ -74,6 +74,12 @@ class VersionEmitter:
         self.run_dir = Path(run_dir)
         self.registry = Registry(emit.registry, public_key=self._release_public_key())
         self.base = read_manifest(self.build_dir)
+        if self.base.quantize == "int8_full":
+            # A rebuild would calibrate again, on rows the emitter does not have, and
+            # ship another backbone; a version must change the head only.
+            raise ConfigError("emit: versions of an export.quantize = \"int8_full\" build "
+                              "cannot be rebuilt yet; build with quantize = \"int8\" "
+                              "(int8 kernels, float activations) to emit versions")
         self.config_digest = hashlib.sha256(to_toml(config).encode()).hexdigest()
         versions = [r.version for r in self.registry.versions(config.name)] \
             if config.name in self.registry.models() else []
@@ -138,6 +144,7 @@ class VersionEmitter:
             tflite=self.base.tflite.model_copy(update={"sha256": files[self.base.tflite.file]}),
             coreml=coreml, metrics={k: float(v) for k, v in _flat(metrics).items()},
             privacy=privacy, training_config_sha256=self.config_digest,
+            quantize=self.base.quantize,
         )
         manifest.write(out)
         return self._sign_and_encrypt(out, folder)
@@ -145,12 +152,17 @@ class VersionEmitter:
     def _rebuild_tflite(self, weights: list[np.ndarray]) -> bytes:
         """The Android artifact with ``weights`` baked in, checked bit for bit."""
         from devicetune.device.litert import LiteRTModel
+        from devicetune.export.quantize import quantize_tflite, quantized_model
         from devicetune.export.tflite import convert_program
 
         if self._model is None:
             self._model = _trainable_from_build(self.config, self.build_dir, self.base)
-        program = self._model.with_weights(weights).program(self.config.export)
-        flatbuffer = convert_program(program)
+        # The backbone is quantized as the build quantized it (the same codes, from the
+        # same float32 backbone.keras); only the float32 head changes between versions.
+        mode = self.base.quantize
+        program = quantized_model(self._model.with_weights(weights), mode).program(
+            self.config.export)
+        flatbuffer = quantize_tflite(convert_program(program), mode)
         assert self.base.tflite is not None
         stored = LiteRTModel(flatbuffer).get_weights()
         for name, expected in zip(self.base.tflite.weight_names, weights, strict=True):

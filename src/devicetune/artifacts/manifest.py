@@ -140,6 +140,9 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict)
     privacy: PrivacyEntry | None = None
     training_config_sha256: str | None = None
+    quantize: str = Field(
+        "none", description="how the frozen backbone's kernels are stored (none, float16, "
+        "int8); the head, its optimizer state and update.npz are always float32")
     encryption: EncryptionEntry | None = Field(
         default=None, description="set when the payload files are encrypted; `files` then "
         "lists the ciphertext files")

@@ -146,6 +146,10 @@ class ExportConfig(Section):
     dp_clip_norm: PositiveFloat = Field(1.0, description="train_dp per-example clip norm")
     dp_noise_multiplier: float = Field(1.0, ge=0.0, description="train_dp noise / clip_norm")
     parity_steps: int = Field(100, ge=1, le=10_000, description="train steps in parity")
+    quantize: Literal["none", "float16", "int8", "int8_full"] = Field(
+        "none", description="the frozen backbone: float32, float16 or int8 kernels (one "
+        "scale per output channel), or int8_full (int8 kernels, and in LiteRT int8 "
+        "activations calibrated on the model's sample rows); the head stays float32")
     calibration: Literal["auto", "file", "random"] = Field(
         "auto",
         description="the rows parity checks run on: 'auto' = the pretraining data, else the "
@@ -163,4 +167,11 @@ class ExportConfig(Section):
         if (self.calibration == "file") != (self.calibration_path is not None):
             raise ValueError("calibration_path goes with calibration = 'file', and only "
                              "with it")
+        return self
+
+    @model_validator(mode="after")
+    def _knn_float_backbone(self) -> ExportConfig:
+        if self.coreml_knn and self.quantize != "none":
+            raise ValueError("coreml_knn = true needs quantize = \"none\" (the kNN model's "
+                             "parity is checked against the float32 backbone)")
         return self

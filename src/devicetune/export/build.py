@@ -63,6 +63,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         ParityError: an artifact disagrees with TensorFlow (parity.json says where).
     """
     from devicetune.device.litert import LiteRTModel
+    from devicetune.export.quantize import quantize_tflite, quantized_model
     from devicetune.export.tflite import (
         convert_program,
         operator_names,
@@ -101,8 +102,12 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     lap("backbone")
 
     say("converting to TFLite (built-in ops only)")
+    # A quantized build ships (and is checked against) the backbone with its kernels
+    # rounded; backbone.keras above stays the float32 original (see export/quantize.py).
+    float_model, model = model, quantized_model(model, config.export.quantize)
     program = model.program(config.export)
-    flatbuffer = convert_program(program)
+    flatbuffer = quantize_tflite(convert_program(program, _calibration(config, x)),
+                                 config.export.quantize)
     tflite_path = write_tflite(flatbuffer, out_dir)
     lap("tflite")
 
@@ -112,7 +117,8 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     lite = LiteRTModel(flatbuffer)
     shipped_weights = lite.get_weights()  # before tflite_parity trains the artifact
     checks += tflite_parity(program, lite, x, y,
-                            steps=config.export.parity_steps, seed=config.seed)
+                            steps=config.export.parity_steps, seed=config.seed,
+                            **_backbone_tolerance(config))
     lap("parity")
 
     coreml = None
@@ -122,7 +128,8 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         coreml, coreml_checks = _build_coreml(model, config, shipped_weights, x, y, out_dir)
         checks += coreml_checks
         lap("coreml")
-    report = ParityReport(checks, inputs=inputs)
+    report = ParityReport(checks, inputs=inputs,
+                          drift=_drift(float_model, model, config, x, y, inputs))
 
     tflite_entry = TFLiteEntry(
         file=tflite_path.name, sha256=sha256_file(tflite_path),
@@ -143,6 +150,7 @@ def build(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         name=config.name, version=1, created_at=datetime.now(UTC).isoformat(),
         classes=model.classes, input_shape=list(model.input_shape),
         files=files, tflite=tflite_entry, coreml=coreml.entry if coreml else None,
+        quantize=config.export.quantize,
     )
     manifest.write(out_dir)
     if not report.passed:
@@ -173,6 +181,31 @@ def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
         labels = [model.classes[int(i)] for i in y[rows]]
         checks += knn_parity(KNNReference(artifacts.knn_path), embedding, x[rows], labels)
     return artifacts, checks
+
+
+def _calibration(config: DevicetuneConfig, x: np.ndarray) -> np.ndarray | None:
+    """int8_full calibrates the backbone on the rows the parity checks use."""
+    return x if config.export.quantize == "int8_full" else None
+
+
+def _backbone_tolerance(config: DevicetuneConfig) -> dict[str, object]:
+    from devicetune.export.quantize import INT8_ACTIVATION_TOLERANCE
+
+    if config.export.quantize != "int8_full":
+        return {}
+    return {"backbone_tolerance": INT8_ACTIVATION_TOLERANCE,
+            "backbone_note": "int8_full: LiteRT's backbone activations are int8, "
+                             "against the int8-kernel float reference"}
+
+
+def _drift(float_model: TrainableModel, shipped: TrainableModel, config: DevicetuneConfig,
+           x: np.ndarray, y: np.ndarray, inputs: str) -> dict[str, float | str] | None:
+    """A quantized build's cost against the float32 model, on the parity rows."""
+    from devicetune.export.quantize import float_drift
+
+    if config.export.quantize == "none":
+        return None
+    return float_drift(float_model, shipped, config.export.quantize, x, y, rows=inputs)
 
 
 def parity_rows(config: DevicetuneConfig, model: TrainableModel, data_dir: Path,

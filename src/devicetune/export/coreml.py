@@ -229,7 +229,11 @@ def build_coreml(model: TrainableModel, export: ExportConfig, out_dir: Path
     Raises:
         ExportError: the backbone cannot be converted.
     """
+    from devicetune.export.quantize import quantize_coreml_spec
+
     backbone = convert_backbone(model.feature_model)
+    # Before the head is appended: only the frozen layers are quantized (export/quantize).
+    quantize_coreml_spec(backbone, export.quantize)
     spec = build_classifier_spec(backbone, model)
     problems = updatable_problems(spec)
     if problems:  # a devicetune bug rather than a user error: say what broke

@@ -25,17 +25,33 @@ Kernel = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
 def weights(params: Any, shape: Sequence[int] | None = None) -> np.ndarray:
-    """A ``WeightParams`` message as float32 numpy (float32 or float16 storage)."""
+    """A ``WeightParams`` message as float32 numpy (float32, float16 or 8-bit linear
+    quantization storage)."""
     if len(params.floatValue):
         array = np.asarray(params.floatValue, np.float32)
     elif len(params.float16Value):
         array = np.frombuffer(params.float16Value, np.float16).astype(np.float32)
     elif len(params.rawValue):
-        raise ExportError("quantized Core ML weights are not supported by the reference "
-                          "interpreter; export with float32 weights")
+        array = _dequantized(params)
     else:
         array = np.zeros(0, np.float32)
     return array.reshape(shape) if shape is not None else array
+
+
+def _dequantized(params: Any) -> np.ndarray:
+    """8-bit linear quantization, one (scale, bias) per output channel (the first axis):
+    ``w = code * scale + bias``, as Core ML widens it before computing in float."""
+    quantization = params.quantization
+    if quantization.numberOfBits != 8 or quantization.WhichOneof(
+            "QuantizationType") != "linearQuantization":
+        raise ExportError("the Core ML reference interpreter reads 8-bit linear weight "
+                          f"quantization only, not {quantization.numberOfBits}-bit "
+                          f"{quantization.WhichOneof('QuantizationType')}")
+    codes = np.frombuffer(params.rawValue, np.uint8).astype(np.float64)
+    scale = np.asarray(quantization.linearQuantization.scale, np.float64)
+    bias = np.asarray(quantization.linearQuantization.bias, np.float64)
+    rows = codes.reshape(len(scale), -1)
+    return (rows * scale[:, None] + bias[:, None]).astype(np.float32).ravel()
 
 
 def compile_layer(layer: Any) -> Kernel:

@@ -15,13 +15,18 @@ from devicetune.artifacts.manifest import SignatureEntry, TensorEntry
 from devicetune.errors import ExportError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from devicetune.model.program import DeviceProgram
 
 TFLITE_FILE = "model.tflite"
 
 
-def convert_program(program: DeviceProgram) -> bytes:
+def convert_program(program: DeviceProgram, calibration: np.ndarray | None = None) -> bytes:
     """Convert every signature of ``program`` into one TFLite flatbuffer.
+
+    ``calibration`` (example inputs) makes the backbone full-integer int8, calibrated on
+    them (``export.quantize = "int8_full"``, see `devicetune.export.quantize`).
 
     Raises:
         ExportError: the converter fails, or the result needs a non-built-in op.
@@ -35,6 +40,10 @@ def convert_program(program: DeviceProgram) -> bytes:
         # The head's weights and optimizer state are resource variables the signatures
         # share inside one interpreter.
         converter.experimental_enable_resource_variables = True
+        if calibration is not None:
+            from devicetune.export.quantize import calibrate_backbone
+
+            calibrate_backbone(converter, calibration)
         try:
             flatbuffer = converter.convert()
         except Exception as exc:  # the converter raises ConverterError and others

@@ -61,10 +61,13 @@ class Check:
 
 @dataclass
 class ParityReport:
-    """Every check, and which inputs they ran on (real rows, or random ones)."""
+    """Every check, which inputs they ran on (real rows, or random ones), and for a
+    quantized build the float32 model's drift (reported, not checked: each artifact must
+    equal the quantized reference; see export/quantize)."""
 
     checks: list[Check]
     inputs: str = "random normal inputs"
+    drift: dict[str, float | str] | None = None
 
     @property
     def passed(self) -> bool:
@@ -74,8 +77,11 @@ class ParityReport:
         return [c for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict[str, object]:
-        return {"passed": self.passed, "inputs": self.inputs,
-                "checks": [asdict(c) for c in self.checks]}
+        out: dict[str, object] = {"passed": self.passed, "inputs": self.inputs,
+                                  "checks": [asdict(c) for c in self.checks]}
+        if self.drift is not None:
+            out["quantization_drift"] = self.drift
+        return out
 
     def write(self, folder: Path) -> Path:
         return atomic_write_json(Path(folder) / PARITY_FILE, self.to_dict())
@@ -84,24 +90,32 @@ class ParityReport:
     def read(cls, folder: Path) -> ParityReport:
         raw = json.loads((Path(folder) / PARITY_FILE).read_text())
         return cls([Check(**c) for c in raw["checks"]],
-                   inputs=str(raw.get("inputs", "random normal inputs")))
+                   inputs=str(raw.get("inputs", "random normal inputs")),
+                   drift=raw.get("quantization_drift"))
 
 
 def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: np.ndarray,
-                  steps: int, seed: int) -> list[Check]:
+                  steps: int, seed: int, backbone_tolerance: float | None = None,
+                  backbone_note: str = "") -> list[Check]:
     """Compare the LiteRT artifact with TensorFlow on every signature.
 
     ``program`` and ``lite`` must start from the same weights; both are trained here.
+    ``backbone_tolerance`` holds ``infer`` and ``embed`` (the signatures that run the
+    backbone) when LiteRT's backbone cannot equal TensorFlow's (int8 activations); None
+    means `INFER_TOLERANCE`.
     """
+    if backbone_tolerance is None:
+        backbone_tolerance = INFER_TOLERANCE
     rng = np.random.default_rng(seed)
     checks = [
         Check.compare("tflite.infer", lite.infer(x), program.infer(x)["probabilities"],
-                      INFER_TOLERANCE),
+                      backbone_tolerance, note=backbone_note),
     ]
     reference_features = program.embed(x)["features"].numpy()
     features = lite.embed(x)
     checks.append(Check.compare("tflite.embed", features, reference_features,
-                                INFER_TOLERANCE, relative=True))
+                                backbone_tolerance, relative=True,
+                                note=backbone_note and f"{backbone_note}; relative"))
     labels = y.astype(np.int32)
     first_batch = next(padded_batches(features, labels, lite.batch_size))
     loss, correct = lite.evaluate(*first_batch)
