@@ -116,6 +116,8 @@ def _federation_from_summary(s: dict[str, Any]) -> Table:
         Row("rounds", (_cell(s, "rounds", "count"),)),
         *([Row("rounds run", (_cell(s, "rounds_run", "count"),))]
           if "rounds_run" in s else []),
+        *([Row("rounds that reached quorum", (_cell(s, "rounds_aggregated", "count"),))]
+          if "rounds_aggregated" in s else []),
         Row("global accuracy before round 1", (_cell(s, "global_accuracy_initial", "percent"),)),
         Row("global accuracy after the last round",
             (_cell(s, "global_accuracy_final", "percent"),),
