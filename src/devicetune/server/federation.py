@@ -134,6 +134,11 @@ def check_serve_config(config: Any) -> None:
     from devicetune.errors import ConfigError
     from devicetune.server.secagg import check_secagg_config
 
+    if config.server.rounds < 1:
+        where = f"{config.source}: " if config.source is not None else ""
+        raise ConfigError(f"{where}server.rounds = {config.server.rounds}: a served "
+                          "federation needs at least one round (rounds = 0 is for "
+                          "`devicetune simulate`, to personalise with no federation)")
     check_secagg_config(config.server)
     if config.server.secagg and config.privacy.mode != "off":
         # Central DP clips each device's update; under SecAgg+ the server never sees one.

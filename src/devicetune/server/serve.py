@@ -72,8 +72,8 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
     from devicetune.server.state import hold_run_folder
 
     config = load_config(config_path)
+    check_serve_config(config)  # before the sections: it names the field that is wrong
     config.require("model", "fleet", command="devicetune serve")
-    check_serve_config(config)
     transport = Transport.for_server(config.server)
     keys = None
     if config.server.device_keys is not None:
