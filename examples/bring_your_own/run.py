@@ -38,11 +38,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PEOPLE = 40
 
-# --quick: the same steps on 24 people, shorter pretraining, fewer rounds.
+# --quick: the same steps on 24 people, shorter pretraining, fewer rounds, Android only
+# (no Core ML model: the full run builds and runs both).
 QUICK = {
     "model": {"backbone": {"pretrain": {"subjects": "0-11", "epochs": 10}}},
-    "export": {"parity_steps": 10},
-    "fleet": {"devices": 6, "data": {"subjects": "12-17"},
+    "export": {"parity_steps": 10, "coreml": False},
+    "fleet": {"devices": 6, "platform_mix": {"android": 1.0}, "data": {"subjects": "12-17"},
               "personalization": {"subjects": "18-23", "epochs": 5}},
     "server": {"rounds": 3, "devices_per_round": 5, "min_devices": 3},
 }
