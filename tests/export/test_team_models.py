@@ -145,3 +145,22 @@ def test_an_unadapted_normalization_layer_is_warned_about(tmp_path: Path,
     with pytest.warns(DevicetuneWarning, match="Normalization layer.*not adapted"):
         built = build_trainable_model(config.model, 0, data_dir)
     assert built.head_source == "random (Glorot uniform, seeded)"
+
+
+def test_head_weights_from_a_file_are_used_and_checked(tmp_path: Path, data_dir: Path
+                                                       ) -> None:
+    from devicetune.errors import DataError
+    from devicetune.model.trainable import build_trainable_model
+
+    kernel = np.arange(8 * 3, dtype=np.float32).reshape(8, 3) / 10
+    np.savez(tmp_path / "head.npz", kernel_0=kernel, bias_0=np.ones(3, np.float32))
+    config = parse_config({"model": {"classes": 3, "input_shape": [6], "backbone": {
+        "architecture": "dense_small", "embedding_dim": 8, "head_init": "file",
+        "head_weights": str(tmp_path / "head.npz")}}})
+    with pytest.warns(DevicetuneWarning, match="not adapted"):
+        model = build_trainable_model(config.model, 0, data_dir)
+    np.testing.assert_array_equal(model.layers[-1].kernel, kernel)
+    assert model.head_source == "the weights in head.npz"
+    np.savez(tmp_path / "head.npz", kernel_0=kernel[:4], bias_0=np.ones(3, np.float32))
+    with pytest.raises(DataError, match=r"kernel_0 \(4, 3\).*needs \(8, 3\)"):
+        build_trainable_model(config.model, 0, data_dir)

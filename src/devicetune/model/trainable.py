@@ -154,7 +154,7 @@ def build_trainable_model(spec: HeadSpec, seed: int, data_dir: Path,
 def _initial_head(backbone: keras.Model, spec: HeadSpec, seed: int
                   ) -> tuple[keras.Model, list[DenseParams], str]:
     """The head's first weights, the backbone under it, and a sentence saying where the
-    weights came from (for the build output and the manifest)."""
+    weights came from (printed by the build)."""
     from devicetune.model.backbone import split_classifier
     from devicetune.model.head import init_head, read_head_weights
 
