@@ -86,6 +86,17 @@ def test_a_malformed_table_gets_one_line_naming_the_column(tmp_path: Path, chang
     assert str(path) in str(caught.value)
 
 
+def test_hostile_tables_are_refused_in_one_line(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.csv"
+    twice.write_text("user,label,f0,f0\na,walk,1,2\nb,sit,2,3\n")
+    with pytest.raises(DataError, match="'f0' appear more than once"):
+        load_file(DataFileFields(path=twice))
+    huge = tmp_path / "huge.csv"  # finite in float64, infinite as the float32 a model takes
+    huge.write_text("user,label,f0\na,walk,1\na,sit,1e308\nb,walk,2\nb,sit,3\n")
+    with pytest.raises(DataError, match="beyond float32's range, in 1 rows"):
+        load_file(DataFileFields(path=huge))
+
+
 def test_mixed_feature_lengths_are_refused(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -119,7 +130,8 @@ def test_npz_arrays_are_checked(tmp_path: Path) -> None:
     bad = x.copy()
     bad[5, 1] = np.inf
     np.savez(path, x=bad, y=np.arange(20) % 3, user=np.arange(20) % 4)
-    with pytest.raises(DataError, match="1 NaN or infinite values in 1 rows"):
+    with pytest.raises(DataError, match="1 values are NaN, infinite or beyond float32's "
+                       "range, in 1 rows"):
         load_file(DataFileFields(path=path))
     np.savez(path, x=np.zeros((0, 4)), y=np.zeros(0, int), user=np.zeros(0, int))
     with pytest.raises(DataError, match="no rows"):

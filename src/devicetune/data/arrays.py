@@ -75,9 +75,9 @@ def validate(data: LabeledData, source: str, x_name: str = "x",
     finite = np.isfinite(data.x.reshape(len(data), -1))
     if not finite.all():
         bad_rows = np.flatnonzero(~finite.all(axis=1))
-        raise DataError(f"{source}: {x_name} has {int((~finite).sum())} NaN or infinite "
-                        f"values in {len(bad_rows)} rows (first: row {int(bad_rows[0])}); "
-                        "drop or fill those rows")
+        raise DataError(f"{source}: {x_name}: {int((~finite).sum())} values are NaN, "
+                        f"infinite or beyond float32's range, in {len(bad_rows)} rows "
+                        f"(first: row {int(bad_rows[0])}); drop or fix those rows")
     if len(data.y) and (data.y.min() < 0 or data.y.max() >= data.num_classes):
         bad = data.y[(data.y < 0) | (data.y >= data.num_classes)]
         raise DataError(f"{source}: label {int(bad[0])} is outside 0..{data.num_classes - 1} "

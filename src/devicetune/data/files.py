@@ -141,6 +141,10 @@ def _read_columns(path: Path, spec: DataFileFields, section: str) -> RawTable:
     """A CSV or Parquet table through pyarrow: typed columns, nulls kept as nulls."""
     arrow = _arrow_table(path)
     present = list(arrow.column_names)
+    twice = sorted({c for c in present if present.count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: column name(s) {', '.join(map(repr, twice))} appear more "
+                        "than once; give every column its own name")
     time_column = spec.time_column or ("time" if "time" in present else None)
     for role, column in (("user_column", spec.user_column),
                          ("label_column", spec.label_column),
