@@ -111,6 +111,11 @@ def data_inspect(
 
     if test_fraction is not None and not 0 < test_fraction < 1:
         raise ConfigError(f"--test-fraction {test_fraction}: must be between 0 and 1")
+    if not target.is_file():
+        raise ConfigError(f"{target}: no such file")
+    if target.suffix.lower() not in (".toml", ".csv", ".parquet", ".npz"):
+        raise ConfigError(f"{target}: data inspect takes a .csv, .parquet or .npz data "
+                          "file, or a .toml config")
     if target.suffix.lower() == ".toml":
         result = inspect_config(target, resolve_data_dir(data), test_fraction, limit)
     else:
