@@ -43,7 +43,8 @@ PEOPLE = 40
 QUICK = {
     "model": {"backbone": {"pretrain": {"subjects": "0-11", "epochs": 10}}},
     "export": {"parity_steps": 10, "coreml": False},
-    "fleet": {"devices": 6, "platform_mix": {"android": 1.0}, "data": {"subjects": "12-17"},
+    "fleet": {"devices": 6, "platform_mix": {"android": 1.0, "ios": 0.0},
+              "data": {"subjects": "12-17"},
               "personalization": {"subjects": "18-23", "epochs": 5}},
     "server": {"rounds": 3, "devices_per_round": 5, "min_devices": 3},
 }
