@@ -27,6 +27,18 @@ def _default_tiers() -> list[TierSpec]:
     ]
 
 
+class LabelShift(Section):
+    """Synthetic label shift in time: each device's past (the part before its local test
+    split) holds only ``past_classes`` of the classes, drawn per device; its future adds
+    the others. ``future_overlap`` is the share of future windows from the past's classes
+    (0 = past and future disjoint)."""
+
+    past_classes: int = Field(ge=1, description="classes each device's past holds")
+    future_overlap: Probability = Field(
+        0.0, description="share of future windows from the classes the past holds"
+    )
+
+
 class FleetData(DataFileFields):
     """Where each device's data comes from and how it is split: the synthetic
     generator, a shared dataset, or a team's own file (``source = "file"``, ``path``)."""
@@ -39,12 +51,25 @@ class FleetData(DataFileFields):
     )
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="time-ordered local test")
     windows_per_device: int = Field(60, ge=4, le=10_000, description="synthetic: mean")
+    label_shift: LabelShift | None = Field(
+        None, description="synthetic: each past holds only some classes, the future adds "
+        "the rest"
+    )
+    order: Literal["recorded", "class_grouped"] = Field(
+        "recorded",
+        description="each device's rows as recorded, or grouped by class (classes one "
+        "after another in a random order per device, so the past lacks the last ones)",
+    )
 
     _ids = field_validator("subjects", mode="before")(parse_id_list)
 
     @model_validator(mode="after")
     def _path_with_file(self) -> FleetData:
         self.check_file_source(self.source == "file", "source")
+        if self.label_shift is not None and self.source != "synthetic":
+            raise ValueError(f"label_shift shapes the synthetic generator; source = "
+                             f"{self.source!r} has its own labels (use order = "
+                             "'class_grouped' to skew a dataset's pasts)")
         return self
 
 
@@ -58,6 +83,13 @@ class PersonalizationConfig(Section):
         "fleet's own devices",
     )
     max_devices: int = Field(200, ge=1, description="personalise at most this many devices")
+    method: Literal["seen_rerank", "gated_finetune"] = Field(
+        "seen_rerank",
+        description="seen_rerank: the personal head re-ranks only among classes the "
+        "device has seen, where the global model predicts one of them; gated_finetune: "
+        "the personal head replaces the global one (interpolation, "
+        "protect_unseen_classes apply)",
+    )
     test_fraction: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="share of each person's data (the latest) kept to measure on; default: "
@@ -65,6 +97,15 @@ class PersonalizationConfig(Section):
     )
     epochs: int = Field(20, ge=0, le=1000, description="most epochs cross-validation may pick")
     learning_rate: PositiveFloat | None = Field(None, description="default: the model's")
+    blend: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="seen_rerank: weight of the personal output among seen classes; "
+        "default: chosen by cross-validation",
+    )
+    choose_epochs: bool = Field(
+        True, description="seen_rerank: cross-validate the epoch count (else always "
+        "`epochs`; validation then only gates and picks the blend)"
+    )
     validation_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="share of local data each validation fold holds"
     )
