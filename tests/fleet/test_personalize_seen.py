@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from devicetune.artifacts.manifest import read_manifest
 from devicetune.config import PersonalizationConfig
 from devicetune.device.runtime import LiteRTDevice
+from devicetune.errors import ConfigError
 from devicetune.fleet.personalize import naive, personalize
-from devicetune.fleet.personalize_seen import combine, head_probabilities, predict
+from devicetune.fleet.personalize_seen import (
+    blend_from_error,
+    combine,
+    head_probabilities,
+    predict,
+)
 from devicetune.fleet.population import Population
 from tests.conftest import small_config
 
@@ -71,7 +78,7 @@ def test_on_disjoint_pasts_seen_rerank_changes_nothing_unseen_where_naive_harms(
     activations = read_manifest(small_artifacts).tflite.head_activations
     pop = Population.from_config(config.fleet, config.seed, data_dir)
     global_weights = runtime.get_weights()
-    spec = PersonalizationConfig(epochs=4, gate=False, validation_fraction=0.0)
+    spec = PersonalizationConfig(epochs=4, gate=False, validation_fraction=0.0, blend=1.0)
     naive_gain, unchanged = [], 0
     for k in range(pop.devices):
         local = pop.local_data(k)
@@ -112,3 +119,20 @@ def test_on_disjoint_pasts_seen_rerank_changes_nothing_unseen_where_naive_harms(
     runtime.set_weights(global_weights)
     assert unchanged == pop.devices  # the personal head alone did move unseen outputs
     assert sum(g < 0 for g in naive_gain) >= 3  # naive fine-tuning harms most devices
+
+
+def test_the_personal_weight_grows_with_the_global_models_error_on_the_past() -> None:
+    assert blend_from_error(0.0) == 0.5  # a global model right on every past example
+    assert blend_from_error(0.5) == 0.75
+    assert blend_from_error(1.0) == 1.0
+
+
+def test_a_blend_outside_0_1_or_an_unknown_rule_is_refused_in_one_line() -> None:
+    for bad in (0.0, 1.5, "auto"):
+        with pytest.raises(ConfigError, match="fleet.personalization.blend"):
+            small_config(fleet={"personalization": {"blend": bad}})
+    with pytest.raises(ConfigError, match="fleet.personalization.method"):
+        small_config(fleet={"personalization": {"method": "knn"}})
+    assert (
+        small_config(fleet={"personalization": {"blend": 0.5}}).fleet.personalization.blend == 0.5
+    )

@@ -97,13 +97,14 @@ class PersonalizationConfig(Section):
     )
     epochs: int = Field(20, ge=0, le=1000, description="most epochs cross-validation may pick")
     learning_rate: PositiveFloat | None = Field(None, description="default: the model's")
-    blend: float | None = Field(
-        None, gt=0.0, le=1.0,
-        description="seen_rerank: weight of the personal output among seen classes; "
-        "default: chosen by cross-validation",
+    blend: float | Literal["cross_validated", "global_error"] = Field(
+        "global_error",
+        description="seen_rerank: weight of the personal output among seen classes: a "
+        "number, 'cross_validated' (tried on validation folds), or 'global_error' (0.5 "
+        "plus half the global model's error rate on the device's past)",
     )
     choose_epochs: bool = Field(
-        True, description="seen_rerank: cross-validate the epoch count (else always "
+        False, description="seen_rerank: cross-validate the epoch count (else always "
         "`epochs`; validation then only gates and picks the blend)"
     )
     validation_fraction: float = Field(
@@ -116,14 +117,34 @@ class PersonalizationConfig(Section):
         True, description="keep the global classifier for classes absent from local data"
     )
     gate: bool = Field(True, description="keep the global head unless personal is better")
-    gate_margin: float = Field(
-        2.0, ge=0.0, description="gain needed, in standard errors of validation accuracy"
+    gate_margin: float | None = Field(
+        None, ge=0.0,
+        description="gain needed, in standard errors of validation accuracy; default: "
+        "1 for seen_rerank, 2 for gated_finetune",
     )
     compare_naive: bool = Field(
         True, description="also measure naive fine-tuning (all epochs, no safeguards)"
     )
 
     _ids = field_validator("subjects", mode="before")(parse_id_list)
+
+    @field_validator("blend", mode="before")
+    @classmethod
+    def _blend_rule_or_weight(cls, value: object) -> object:
+        rules = ("cross_validated", "global_error")
+        weight = isinstance(value, int | float) and not isinstance(value, bool)
+        if value in rules or (weight and 0.0 < float(value) <= 1.0):  # type: ignore[arg-type]
+            return value
+        raise ValueError(f"must be a weight in (0, 1] or one of {', '.join(map(repr, rules))}")
+
+    @property
+    def margin(self) -> float:
+        """The gate's margin: ``gate_margin``, or the method's default (measured in
+        benchmarks/personalization.py: at 2, seen_rerank kept the global model on
+        people whose own data would have helped)."""
+        if self.gate_margin is not None:
+            return self.gate_margin
+        return 1.0 if self.method == "seen_rerank" else 2.0
 
 
 class FleetConfig(Section):

@@ -41,6 +41,7 @@ from devicetune.device.runtime import DeviceRuntime
 from devicetune.fleet.personalize_seen import (
     BLENDS,
     SeenRerankSearch,
+    blend_from_error,
     head_probabilities,
     predict,
 )
@@ -88,7 +89,7 @@ def personalize(runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
     if folds:
         epochs = _choose_epochs(runtime, train_x, train_y, folds, global_weights,
                                 config.epochs, learning_rate, rng, allow_zero=config.gate,
-                                margin=config.gate_margin)
+                                margin=config.margin)
     candidate = global_weights
     if epochs > 0:
         runtime.set_weights(global_weights)
@@ -108,8 +109,14 @@ def _seen_rerank(runtime: DeviceRuntime, train_x: np.ndarray, train_y: np.ndarra
                  result: PersonalizationResult) -> PersonalizationResult:
     """Cross-validate (epochs, blend) with the re-ranking rule, fine-tune on all the
     past, and measure the combined output on the future."""
-    search = SeenRerankSearch(config.epochs, BLENDS if config.blend is None
-                              else (config.blend,))
+    if config.blend == "cross_validated":
+        blends: tuple[float, ...] = BLENDS
+    elif config.blend == "global_error":
+        p_past = head_probabilities(train_x, global_weights, activations)
+        blends = (blend_from_error(float((p_past.argmax(axis=1) != train_y).mean())),)
+    else:
+        blends = (float(config.blend),)
+    search = SeenRerankSearch(config.epochs, blends)
     folds = validation_folds(len(train_y), config.validation_fraction)
     for fit, val in folds:
         fit_seen = np.unique(train_y[fit])
@@ -125,9 +132,9 @@ def _seen_rerank(runtime: DeviceRuntime, train_x: np.ndarray, train_y: np.ndarra
         runtime.fit(train_x[fit], train_y[fit], config.epochs, rng,
                     learning_rate=learning_rate, on_epoch=record)
     if folds:
-        epochs, blend = search.best(config.gate, config.gate_margin, config.choose_epochs)
+        epochs, blend = search.best(config.gate, config.margin, config.choose_epochs)
     else:  # nothing to validate on: the gate keeps global, no gate trusts fine-tuning
-        epochs, blend = (0, 0.0) if config.gate else (config.epochs, config.blend or 1.0)
+        epochs, blend = (0, 0.0) if config.gate else (config.epochs, max(blends))
     runtime.set_weights(global_weights)
     if epochs == 0 or blend == 0.0:
         return replace(result, blend=0.0)
@@ -143,14 +150,14 @@ def _seen_rerank(runtime: DeviceRuntime, train_x: np.ndarray, train_y: np.ndarra
 
 def personalization_method(config: PersonalizationConfig) -> dict[str, object]:
     """The method a run personalised with and the parameters it used (for summary.json)."""
-    keys = ["epochs", "validation_fraction", "gate", "gate_margin"]
+    keys = ["epochs", "validation_fraction", "gate"]
+    common = {"name": config.method, **{k: getattr(config, k) for k in keys},
+              "gate_margin": config.margin}
     if config.method == "seen_rerank":
-        keys.append("choose_epochs")
-        blends = list(BLENDS) if config.blend is None else [config.blend]
-        return {"name": config.method, **{k: getattr(config, k) for k in keys},
-                "blends": blends}
-    keys += ["interpolation", "protect_unseen_classes"]
-    return {"name": config.method, **{k: getattr(config, k) for k in keys}}
+        blend = list(BLENDS) if config.blend == "cross_validated" else config.blend
+        return {**common, "choose_epochs": config.choose_epochs, "blend": blend}
+    return {**common, "interpolation": config.interpolation,
+            "protect_unseen_classes": config.protect_unseen_classes}
 
 
 def naive(config: PersonalizationConfig) -> PersonalizationConfig:

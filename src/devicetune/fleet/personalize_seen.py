@@ -43,6 +43,16 @@ import numpy as np
 BLENDS = (0.25, 0.5, 0.75, 1.0)  # the output weights cross-validation tries (and 0)
 
 
+AUTO_SLOPE = 0.5
+
+
+def blend_from_error(error: float) -> float:
+    """The personal output's weight from the global model's error on the device's own
+    past: one half where the global model is right on every past example, growing to 1
+    as it fails (a device the global model serves badly trusts its own data more)."""
+    return float(min(1.0, 0.5 + AUTO_SLOPE * error))
+
+
 def head_probabilities(
     features: np.ndarray, weights: Sequence[np.ndarray], activations: Sequence[str]
 ) -> np.ndarray:
