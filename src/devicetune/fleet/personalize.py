@@ -148,16 +148,20 @@ def _seen_rerank(runtime: DeviceRuntime, train_x: np.ndarray, train_y: np.ndarra
                    blend=blend)
 
 
-def personalization_method(config: PersonalizationConfig) -> dict[str, object]:
-    """The method a run personalised with and the parameters it used (for summary.json)."""
-    keys = ["epochs", "validation_fraction", "gate"]
-    common = {"name": config.method, **{k: getattr(config, k) for k in keys},
-              "gate_margin": config.margin}
+def personalization_method(config: PersonalizationConfig) -> dict[str, str]:
+    """The method a run personalised with and its resolved settings, for summary.json
+    (text: the report shows every number of the summary, and these are settings)."""
+    settings: dict[str, object] = {"epochs": config.epochs, "gate": config.gate,
+                                   "gate_margin": config.margin,
+                                   "validation_fraction": config.validation_fraction}
     if config.method == "seen_rerank":
         blend = list(BLENDS) if config.blend == "cross_validated" else config.blend
-        return {**common, "choose_epochs": config.choose_epochs, "blend": blend}
-    return {**common, "interpolation": config.interpolation,
-            "protect_unseen_classes": config.protect_unseen_classes}
+        settings |= {"blend": blend, "choose_epochs": config.choose_epochs}
+    else:
+        settings |= {"interpolation": config.interpolation,
+                     "protect_unseen_classes": config.protect_unseen_classes}
+    return {"name": config.method,
+            "settings": ", ".join(f"{k} = {v}" for k, v in settings.items())}
 
 
 def naive(config: PersonalizationConfig) -> PersonalizationConfig:
