@@ -32,7 +32,9 @@ Methods (all with ``epochs = 20``, the model's learning rate):
   cross-validation of the past;
 - ``seen_rerank_ungated``: the same rule and blend without the gate;
 - ``seen_rerank_cv``: the same rule, epochs and blend (0.25..1) chosen by
-  cross-validation, gated.
+  cross-validation, gated;
+- ``seen_knn``: the same rule, blend and gate, with a 10-nearest-neighbour vote over
+  the past's embeddings (``embed``) as the personal output: no training (kNN-Per).
 
 The global model is the built one (pretrained centrally, no federated rounds), so the
 rows measure personalization alone. `federation_columns` is the place for global
@@ -67,6 +69,7 @@ METHODS = (
     "seen_rerank",
     "seen_rerank_ungated",
     "seen_rerank_cv",
+    "seen_knn",
 )
 SHIFT = {"past_classes": 2, "future_overlap": 0.0}
 SYNTHETIC_DEVICES = 40
@@ -158,6 +161,7 @@ def method_configs(epochs: int) -> dict[str, Any]:
         "seen_rerank_cv": base.model_copy(
             update={"blend": "cross_validated", "choose_epochs": True}
         ),
+        "seen_knn": base.model_copy(update={"method": "seen_knn"}),
     }
 
 

@@ -16,6 +16,7 @@ from devicetune.fleet.personalize_seen import (
     blend_from_error,
     combine,
     head_probabilities,
+    knn_probabilities,
     predict,
 )
 from devicetune.fleet.population import Population
@@ -94,6 +95,17 @@ def test_on_disjoint_pasts_seen_rerank_changes_nothing_unseen_where_naive_harms(
         )
         assert not rerank.kept_global and rerank.blend == 1.0  # it did fine-tune
         assert rerank.acc_personal == rerank.acc_global
+        knn = personalize(
+            runtime,
+            local,
+            pop.profile(k),
+            global_weights,
+            spec.model_copy(update={"method": "seen_knn"}),
+            0.005,
+            np.random.default_rng(k),
+            activations,
+        )
+        assert not knn.kept_global and knn.acc_personal == knn.acc_global
         plain = personalize(
             runtime,
             local,
@@ -136,3 +148,12 @@ def test_a_blend_outside_0_1_or_an_unknown_rule_is_refused_in_one_line() -> None
     assert (
         small_config(fleet={"personalization": {"blend": 0.5}}).fleet.personalization.blend == 0.5
     )
+
+
+def test_the_knn_vote_is_the_class_share_among_the_nearest_past_embeddings() -> None:
+    fit_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.2, 1.0]])
+    fit_y = np.array([0, 0, 2, 2, 1])
+    votes = knn_probabilities(fit_x, fit_y, np.array([[1.0, 0.05], [0.05, 1.0]]), 4, k=3)
+    np.testing.assert_allclose(votes[0], [2 / 3, 1 / 3, 0, 0])  # cosine (Euclid: class 2)
+    np.testing.assert_allclose(votes[1], [0, 1 / 3, 2 / 3, 0])
+    assert knn_probabilities(fit_x, fit_y, fit_x, 4, k=50).shape == (5, 4)  # k > n

@@ -83,13 +83,15 @@ class PersonalizationConfig(Section):
         "fleet's own devices",
     )
     max_devices: int = Field(200, ge=1, description="personalise at most this many devices")
-    method: Literal["seen_rerank", "gated_finetune"] = Field(
+    method: Literal["seen_rerank", "seen_knn", "gated_finetune"] = Field(
         "seen_rerank",
         description="seen_rerank: the personal head re-ranks only among classes the "
-        "device has seen, where the global model predicts one of them; gated_finetune: "
-        "the personal head replaces the global one (interpolation, "
-        "protect_unseen_classes apply)",
+        "device has seen, where the global model predicts one of them; seen_knn: the "
+        "same rule with a nearest-neighbour vote over the past's embeddings instead "
+        "of fine-tuning; gated_finetune: the personal head replaces the global one "
+        "(interpolation, protect_unseen_classes apply)",
     )
+    knn_k: int = Field(10, ge=1, le=1000, description="seen_knn: neighbours that vote")
     test_fraction: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="share of each person's data (the latest) kept to measure on; default: "
@@ -120,7 +122,7 @@ class PersonalizationConfig(Section):
     gate_margin: float | None = Field(
         None, ge=0.0,
         description="gain needed, in standard errors of validation accuracy; default: "
-        "1 for seen_rerank, 2 for gated_finetune",
+        "1 for seen_rerank and seen_knn, 2 for gated_finetune",
     )
     compare_naive: bool = Field(
         True, description="also measure naive fine-tuning (all epochs, no safeguards)"
@@ -144,7 +146,7 @@ class PersonalizationConfig(Section):
         people whose own data would have helped)."""
         if self.gate_margin is not None:
             return self.gate_margin
-        return 1.0 if self.method == "seen_rerank" else 2.0
+        return 2.0 if self.method == "gated_finetune" else 1.0
 
 
 class FleetConfig(Section):

@@ -43,6 +43,7 @@ from devicetune.fleet.personalize_seen import (
     SeenRerankSearch,
     blend_from_error,
     head_probabilities,
+    knn_probabilities,
     predict,
 )
 from devicetune.fleet.population import DeviceProfile, LocalData
@@ -68,9 +69,14 @@ def personalize(runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
         device_id=profile.device_id, platform=profile.platform, tier=profile.tier,
         n_train=len(train_y), n_test=len(test_y), acc_global=float(acc_global),
         acc_personal=float(acc_global), epochs=0, kept_global=True)
+    if config.method in ("seen_rerank", "seen_knn") and activations is None:
+        raise ValueError(f"method {config.method!r} needs the head's activations")
+    if config.method == "seen_knn":
+        assert activations is not None
+        return _seen_knn(train_x, train_y, test_x, test_y, global_weights, config,
+                         list(activations), result)
     if config.method == "seen_rerank":
-        if activations is None:
-            raise ValueError("method 'seen_rerank' needs the head's activations")
+        assert activations is not None
         return _seen_rerank(runtime, train_x, train_y, test_x, test_y, global_weights,
                             config, learning_rate, rng, list(activations), result)
 
@@ -109,13 +115,7 @@ def _seen_rerank(runtime: DeviceRuntime, train_x: np.ndarray, train_y: np.ndarra
                  result: PersonalizationResult) -> PersonalizationResult:
     """Cross-validate (epochs, blend) with the re-ranking rule, fine-tune on all the
     past, and measure the combined output on the future."""
-    if config.blend == "cross_validated":
-        blends: tuple[float, ...] = BLENDS
-    elif config.blend == "global_error":
-        p_past = head_probabilities(train_x, global_weights, activations)
-        blends = (blend_from_error(float((p_past.argmax(axis=1) != train_y).mean())),)
-    else:
-        blends = (float(config.blend),)
+    blends = _blends(config, train_x, train_y, global_weights, activations)
     search = SeenRerankSearch(config.epochs, blends)
     folds = validation_folds(len(train_y), config.validation_fraction)
     for fit, val in folds:
@@ -154,14 +154,59 @@ def personalization_method(config: PersonalizationConfig) -> dict[str, str]:
     settings: dict[str, object] = {"epochs": config.epochs, "gate": config.gate,
                                    "gate_margin": config.margin,
                                    "validation_fraction": config.validation_fraction}
-    if config.method == "seen_rerank":
+    if config.method in ("seen_rerank", "seen_knn"):
         blend = list(BLENDS) if config.blend == "cross_validated" else config.blend
         settings |= {"blend": blend, "choose_epochs": config.choose_epochs}
+        if config.method == "seen_knn":
+            settings = {"knn_k": config.knn_k, "blend": blend, "gate": config.gate,
+                        "gate_margin": config.margin,
+                        "validation_fraction": config.validation_fraction}
     else:
         settings |= {"interpolation": config.interpolation,
                      "protect_unseen_classes": config.protect_unseen_classes}
     return {"name": config.method,
             "settings": ", ".join(f"{k} = {v}" for k, v in settings.items())}
+
+
+def _blends(config: PersonalizationConfig, train_x: np.ndarray, train_y: np.ndarray,
+            global_weights: list[np.ndarray], activations: list[str]) -> tuple[float, ...]:
+    """The personal output weights to try (one, unless cross-validated)."""
+    if config.blend == "cross_validated":
+        return BLENDS
+    if config.blend == "global_error":
+        p_past = head_probabilities(train_x, global_weights, activations)
+        return (blend_from_error(float((p_past.argmax(axis=1) != train_y).mean())),)
+    return (float(config.blend),)
+
+
+def _seen_knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+              test_y: np.ndarray, global_weights: list[np.ndarray],
+              config: PersonalizationConfig, activations: list[str],
+              result: PersonalizationResult) -> PersonalizationResult:
+    """The re-ranking rule with a k-nearest-neighbour vote over the device's past
+    embeddings as the personal output: no training at all, gated on cross-validation."""
+    blends = _blends(config, train_x, train_y, global_weights, activations)
+    search = SeenRerankSearch(1, blends)
+    folds = validation_folds(len(train_y), config.validation_fraction)
+    classes = global_weights[-1].shape[0]
+    for fit, val in folds:
+        fit_seen = np.unique(train_y[fit])
+        p_global = head_probabilities(train_x[val], global_weights, activations)
+        p_knn = knn_probabilities(train_x[fit], train_y[fit], train_x[val], classes,
+                                  config.knn_k)
+        search.record(0, p_global, p_global, train_y[val], fit_seen)
+        search.record(1, p_global, p_knn, train_y[val], fit_seen)
+    if folds:
+        blend = search.best(config.gate, config.margin, choose_epochs=False)[1]
+    else:
+        blend = 0.0 if config.gate else max(blends)
+    if blend == 0.0:
+        return replace(result, blend=0.0)
+    p_global = head_probabilities(test_x, global_weights, activations)
+    p_knn = knn_probabilities(train_x, train_y, test_x, classes, config.knn_k)
+    predicted = predict(p_global, p_knn, np.unique(train_y), blend)
+    accuracy = float((predicted == test_y).mean()) if len(test_y) else 0.0
+    return replace(result, acc_personal=accuracy, kept_global=False, blend=blend)
 
 
 def naive(config: PersonalizationConfig) -> PersonalizationConfig:

@@ -100,6 +100,28 @@ def predict(
     return np.where(np.isin(top, seen), best_seen, top)
 
 
+def knn_probabilities(
+    fit_x: np.ndarray, fit_y: np.ndarray, query_x: np.ndarray, classes: int, k: int
+) -> np.ndarray:
+    """The class shares among each query's ``k`` nearest past examples by cosine
+    similarity of the embeddings (``embed``'s output), ``(n, classes)``: the local
+    memory of kNN-Per (Marfoq et al., "Personalized Federated Learning through Local
+    Memorization", ICML 2022), here only ever re-ranking seen classes."""
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, np.float64).reshape(len(a), -1)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    votes = np.zeros((len(query_x), classes))
+    if not len(fit_x) or not len(query_x):
+        return votes
+    k = min(k, len(fit_x))
+    similarity = unit(query_x) @ unit(fit_x).T
+    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    np.add.at(votes, (np.arange(len(query_x))[:, None], fit_y[nearest]), 1.0)
+    return votes / k
+
+
 class SeenRerankSearch:
     """Cross-validated accuracy of every (epochs, blend) pair, accumulated fold by fold.
 
