@@ -40,6 +40,7 @@ class PersonalizationResult:
     kept_global: bool
     acc_naive: float | None = None
     user: str = ""  # the person's id in the data (subject, speaker, user column)
+    blend: float | None = None  # seen_rerank: the personal output's weight (0 = global)
 
     @property
     def gain(self) -> float:
@@ -69,12 +70,14 @@ def read_device(row: dict[str, str]) -> PersonalizationResult:
         KeyError, TypeError, ValueError: the row is incomplete or not numbers.
     """
     naive = (row.get("acc_naive") or "").strip()
+    blend = (row.get("blend") or "").strip()
     device = PersonalizationResult(
         device_id=int(row["device_id"]), platform=row["platform"], tier=row["tier"],
         n_train=int(row["n_train"]), n_test=int(row["n_test"]),
         acc_global=float(row["acc_global"]), acc_personal=float(row["acc_personal"]),
         epochs=int(row["epochs"]), kept_global=row["kept_global"].strip() == "True",
         acc_naive=float(naive) if naive else None, user=(row.get("user") or "").strip(),
+        blend=float(blend) if blend else None,
     )
     if not all(math.isfinite(v) for v in (device.acc_global, device.acc_personal)):
         raise ValueError("accuracy is not a number")

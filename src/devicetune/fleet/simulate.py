@@ -22,7 +22,7 @@ from devicetune.data.labeled import LabeledData
 from devicetune.data.sources import FleetInput
 from devicetune.device.runtime import DeviceRuntime
 from devicetune.errors import ConfigError, PrivacyBudgetExceeded
-from devicetune.fleet.personalize import naive, personalize
+from devicetune.fleet.personalize import naive, personalization_method, personalize
 from devicetune.fleet.population import DeviceProfile, LocalData, Population
 from devicetune.run_files import (
     CONFIG_FILE,
@@ -160,8 +160,12 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     device_rounds = sum(r["sampled"] for r in rounds)
     rounds_s = sum(r["wall_s"] for r in rounds)
 
+    from devicetune.artifacts.manifest import read_manifest
+
+    tflite = read_manifest(artifacts).tflite
+    activations = tflite.head_activations if tflite is not None else None
     results = _personalize_fleet(config, population, runtimes, loop.weights, learning_rate,
-                                 data_dir, progress, data)
+                                 data_dir, progress, data, activations)
     write_devices(out_dir / DEVICES_FILE, results)
     summary = _summary(config, results, initial_accuracy, loop.weights, evaluate,
                        device_rounds, rounds_s, time.perf_counter() - started)
@@ -394,7 +398,8 @@ def personalization_population(config: DevicetuneConfig, fleet_population: Popul
 def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
                        runtimes: dict[str, DeviceRuntime], weights: list[np.ndarray],
                        learning_rate: float, data_dir: Path, progress: Progress,
-                       data: FleetInput | None = None) -> list[PersonalizationResult]:
+                       data: FleetInput | None = None,
+                       activations: list[str] | None = None) -> list[PersonalizationResult]:
     assert config.fleet is not None
     spec = config.fleet.personalization
     population, device_ids = personalization_population(config, fleet_population, data_dir,
@@ -406,10 +411,11 @@ def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
         runtime = runtimes.get(profile.platform) or next(iter(runtimes.values()))
         data = population.local_data(device_id)
         rate = spec.learning_rate or learning_rate
-        result = _personalize_device(runtime, data, profile, weights, spec, rate, config.seed)
+        result = _personalize_device(runtime, data, profile, weights, spec, rate, config.seed,
+                                     activations)
         if spec.compare_naive:
             baseline = _personalize_device(runtime, data, profile, weights, naive(spec), rate,
-                                           config.seed)
+                                           config.seed, activations)
             result = replace(result, acc_naive=baseline.acc_personal)
         results.append(replace(result, user=population.user_of(device_id)))
         progress.advance()
@@ -418,9 +424,11 @@ def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
 
 def _personalize_device(runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
                         weights: list[np.ndarray], recipe: PersonalizationConfig,
-                        learning_rate: float, seed: int) -> PersonalizationResult:
+                        learning_rate: float, seed: int,
+                        activations: list[str] | None = None) -> PersonalizationResult:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 9, profile.device_id]))
-    return personalize(runtime, data, profile, weights, recipe, learning_rate, rng)
+    return personalize(runtime, data, profile, weights, recipe, learning_rate, rng,
+                       activations)
 
 
 def _summary(config: DevicetuneConfig, results: list[PersonalizationResult],
@@ -433,6 +441,7 @@ def _summary(config: DevicetuneConfig, results: list[PersonalizationResult],
         "global_accuracy_initial": initial_accuracy,
         "global_accuracy_final": evaluate(weights)["accuracy"],
         **personal,
+        "personalization_method": personalization_method(config.fleet.personalization),
         "device_rounds": device_rounds,
         "device_rounds_per_s": device_rounds / rounds_s if rounds_s > 0 else None,
         "wall_s": round(wall_s, 3),
