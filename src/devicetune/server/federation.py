@@ -60,6 +60,7 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
     from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
+    from devicetune.server.acceptance import acceptance_check
     from devicetune.server.device_keys import read_nodes
     from devicetune.server.fleet_grid import FleetGrid
     from devicetune.server.loop import FederatedLoop
@@ -87,9 +88,12 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
         devices_per_round=config.server.devices_per_round,
         instructions=TrainInstructions(0, config.fleet.local_epochs, rate,
                                        config.server.proximal_mu,
-                                       config.privacy.device.enabled),
+                                       config.privacy.device.enabled,
+                                       config.server.class_mask),
         max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
         round_timeout_s=config.server.round_timeout_s, min_devices=config.server.min_devices,
+        accept=acceptance_check(config, reference, settings.data_dir,
+                                tuple(population.source.example_shape)),
     )
     policy = QuorumPolicy.from_config(config.server)
     out = Path(settings.out_dir)
