@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,7 +85,7 @@ def past_coverage(source, test_fraction: float) -> float:
     return float(np.mean(held))
 
 
-def config_for(test_fraction: float, rounds: int, server: dict):
+def config_for(test_fraction: float, rounds: int, local_epochs: int, server: dict):
     from devicetune.config import load_config
 
     base = load_config(ROOT / "simulations" / "har_build.toml")
@@ -94,7 +95,7 @@ def config_for(test_fraction: float, rounds: int, server: dict):
         "platform_mix": {"android": 1.0},
         "availability": 1.0,
         "dropout": 0.0,
-        "local_epochs": 1,
+        "local_epochs": local_epochs,
         "eval_devices": len(FLEET_SUBJECTS),
         "data": {"test_fraction": test_fraction},
         "personalization": {"epochs": 1, "compare_naive": False, "max_devices": 1},
@@ -108,6 +109,7 @@ def config_for(test_fraction: float, rounds: int, server: dict):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--local-epochs", type=int, default=5)
     parser.add_argument(
         "--artifacts",
         type=Path,
@@ -126,11 +128,11 @@ def main() -> None:
     artifacts = args.artifacts
     if artifacts is None:
         artifacts = work / "artifacts"
-        build(config_for(0.5, 0, {}), artifacts, data_dir)
+        build(config_for(0.5, 0, 1, {}), artifacts, data_dir)
     har = load_dataset("har", data_dir)
     scenarios = {
         "HAR class-skewed": (PersonPerDevice(har, True), 2 / 3),
-        "HAR time-ordered": (PersonPerDevice(har, False), 0.5),
+        "HAR time-ordered": (PersonPerDevice(har, False), 0.75),
     }
 
     rows = []
@@ -138,7 +140,7 @@ def main() -> None:
         coverage = past_coverage(source, test_fraction)
         for method, server in METHODS.items():
             start = time.perf_counter()
-            config = config_for(test_fraction, args.rounds, server)
+            config = config_for(test_fraction, args.rounds, args.local_epochs, server)
             out = work / f"{scenario}-{method}".replace(" ", "_")
             result = simulate(
                 config, out, data_dir, engine="vectorized", artifacts=artifacts, data=source
@@ -159,11 +161,12 @@ def main() -> None:
                     "seconds": round(time.perf_counter() - start, 1),
                 }
             )
-            print(rows[-1], flush=True)
+            print(rows[-1], file=sys.stderr, flush=True)
 
     print(
         f"\nHAR, pretrained on subjects 1-15, federated over subjects 16-30 "
-        f"({args.rounds} rounds of 10 phones, 1 local epoch); global accuracy on every "
+        f"({args.rounds} rounds of 10 phones, {args.local_epochs} local epochs); global "
+        "accuracy on every "
         "phone's future\n"
     )
     print(
