@@ -129,3 +129,33 @@ def test_a_model_without_the_mask_step_refuses_a_class_mask(variant) -> None:
     )
     with pytest.raises(ArtifactError, match="privacy.device"):
         lite.train(*batch, private=True, class_mask=PRESENT)
+
+
+def test_an_app_writes_the_mask_into_the_model_file_at_the_manifests_offset(
+    variant, tmp_path
+) -> None:
+    """The iOS route: patch the class_offset bias of a copy of the file at the offset the
+    manifest gives, compile, update with plain MLUpdateTask: the same update as the
+    restricted step."""
+    from devicetune.export.coreml import coreml_entry, write_coreml
+    from devicetune.model.class_mask import class_logit_offset
+
+    v = variant(head="mlp", optimizer="sgd")
+    path = write_coreml(converted(v)[1], tmp_path / "Model.mlmodel")
+    entry = coreml_entry(converted(v)[1], path)
+    assert entry.class_offset_layer == CLASS_OFFSET
+    data = bytearray(path.read_bytes())
+    at = entry.class_offset_bias_offset
+    assert data[at : at + 24] == bytes(24)  # six float32 zeros
+    data[at : at + 24] = class_logit_offset(PRESENT).astype("<f4").tobytes()
+    (tmp_path / "masked.mlmodel").write_bytes(bytes(data))
+
+    patched = CoreMLReference(tmp_path / "masked.mlmodel")
+    x, y = _device_data(v)
+    features = patched.features(x)
+    assert np.all(patched.predict(features)[:, PRESENT == 0] == 0.0)
+    patched.update(features, y, epochs=1, shuffle_seed=4)
+    original = CoreMLReference(path)
+    original.update(features, y, epochs=1, shuffle_seed=4, class_mask=PRESENT)
+    for name, tensor in original.get_weights().items():
+        np.testing.assert_array_equal(patched.get_weights()[name], tensor, err_msg=name)

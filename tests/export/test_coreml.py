@@ -208,6 +208,7 @@ def test_har_build_ships_an_updatable_model_with_parity_rows(har_build) -> None:
     assert entry.parameters["epochs"].default == 5
     assert {"beta_1", "beta_2", "epsilon"} <= set(entry.parameters)
     assert entry.knn is None and entry.class_offset_layer == "class_offset"
+    assert entry.class_offset_bias_offset > 0
     assert "coreml.update.1_epoch" in result.stdout
 
     reference = CoreMLReference(out / "Model.mlmodel")

@@ -188,3 +188,7 @@ def test_fedavgm_and_the_refusals_of_the_new_options() -> None:
         parse_config({**SMALL, "model": no_pretraining, "server": {"acceptance_tolerance": 0.01}})
     with pytest.raises(ConfigError, match="acceptance_tolerance"):
         small_config(server={"acceptance_tolerance": 1.5})
+    from devicetune.server.federation import check_serve_config
+
+    with pytest.raises(ConfigError, match="acceptance_tolerance.*SecAgg"):
+        check_serve_config(small_config(server={"secagg": True, "acceptance_tolerance": 0.01}))

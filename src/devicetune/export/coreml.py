@@ -191,6 +191,34 @@ def updatable_problems(spec: Model_pb2.Model) -> list[str]:
     return problems
 
 
+def class_offset_bias_offset(spec: Model_pb2.Model) -> int | None:
+    """Where, in the ``.mlmodel`` file `write_coreml` writes, the ``class_offset`` bias
+    starts: one little-endian float32 per class. An app restricts an update to its
+    classes by writing ``ABSENT_CLASS_LOGIT`` there for the classes it lacks in a copy of
+    the file, then compiling it; no protobuf parser needed. None without the layer."""
+    import struct
+
+    from coremltools.proto import Model_pb2
+
+    marked = Model_pb2.Model()
+    marked.CopyFrom(spec)
+    layer = next((layer for layer in marked.neuralNetworkClassifier.layers
+                  if layer.name == CLASS_OFFSET), None)
+    if layer is None:
+        return None
+    count = len(layer.innerProduct.bias.floatValue)
+    # Distinct values of the same width: the packed floats sit where the zeros sit.
+    sentinel = [1.0e30 + 1.0e24 * i for i in range(count)]
+    layer.innerProduct.bias.ClearField("floatValue")
+    layer.innerProduct.bias.floatValue.extend(sentinel)
+    data = marked.SerializeToString()
+    at = data.find(struct.pack(f"<{count}f", *sentinel))
+    if at < 0 or data.find(struct.pack(f"<{count}f", *sentinel), at + 1) >= 0 or \
+            len(data) != spec.ByteSize():
+        raise ExportError("cannot locate the class_offset bias in the serialized model")
+    return at
+
+
 def write_coreml(spec: Model_pb2.Model, path: Path) -> Path:
     """Save a spec as an ``.mlmodel`` file (the protobuf, as Xcode reads it)."""
     return write_spec(spec, path)
@@ -219,6 +247,7 @@ def coreml_entry(spec: Model_pb2.Model, path: Path, knn: KNNEntry | None = None
         shuffle=bool(params.shuffle.defaultValue), knn=knn,
         class_offset_layer=CLASS_OFFSET if CLASS_OFFSET in {
             layer.name for layer in nn.layers} else None,
+        class_offset_bias_offset=class_offset_bias_offset(spec),
     )
 
 

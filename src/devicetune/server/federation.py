@@ -149,6 +149,9 @@ def check_serve_config(config: Any) -> None:
         raise ConfigError("server.secagg = true hides each device's update, so the server "
                           "cannot clip it for privacy.mode = "
                           f"{config.privacy.mode!r}; use one or the other")
+    if config.server.secagg and config.server.acceptance_tolerance is not None:
+        raise ConfigError("server.acceptance_tolerance is not run on the SecAgg+ path; "
+                          "remove it or set server.secagg = false")
 
 
 def _initial_weights(config: Any, artifact: list[np.ndarray]) -> list[np.ndarray]:
