@@ -40,6 +40,14 @@ class DevicetuneConfig(Section):
             if self.privacy.device.enabled:
                 raise ValueError("privacy.device.enabled needs an all-android fleet: Core "
                                  "ML updates cannot clip per-example gradients")
+        if self.server.class_mask and self.privacy.device.enabled:
+            raise ValueError("server.class_mask: the restricted-softmax step has no DP-SGD "
+                             "variant; turn privacy.device off or class_mask off")
+        if self.server.acceptance_tolerance is not None and (
+                self.model is None or self.model.backbone.pretrain is None):
+            raise ValueError("server.acceptance_tolerance checks each round on the "
+                             "server's own labelled data, the pretraining set: configure "
+                             "[model.backbone.pretrain] or remove the tolerance")
         return self
 
     def require(self, *sections: str, command: str) -> None:

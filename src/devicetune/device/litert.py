@@ -78,10 +78,24 @@ class LiteRTModel:
         return self._runners["embed"](x=np.asarray(x, np.float32))["features"]
 
     def train(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-              private: bool = False) -> float:
-        """One optimizer step on a full static batch (``mask`` marks the real rows)."""
-        runner = self._runners["train_dp" if private else "train"]
-        out = runner(features=features, labels=labels, mask=mask)
+              private: bool = False, class_mask: np.ndarray | None = None) -> float:
+        """One optimizer step on a full static batch (``mask`` marks the real rows);
+        with ``class_mask`` (1 per class the device holds) the restricted-softmax step
+        ``train_masked``.
+
+        Raises:
+            ArtifactError: ``class_mask`` for an artifact built without ``train_masked``.
+        """
+        if class_mask is None:
+            runner = self._runners["train_dp" if private else "train"]
+            out = runner(features=features, labels=labels, mask=mask)
+            return float(out["loss"])
+        if private or "train_masked" not in self._runners:
+            raise ArtifactError("the restricted-softmax step (server.class_mask) needs the "
+                                "train_masked signature without DP-SGD; rebuild the model "
+                                "with this devicetune, and turn privacy.device off")
+        out = self._runners["train_masked"](features=features, labels=labels, mask=mask,
+                                            class_mask=np.asarray(class_mask, np.float32))
         return float(out["loss"])
 
     def evaluate(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray

@@ -81,6 +81,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         ConfigError: a section is missing or inconsistent.
         DataError: the data is missing or malformed.
     """
+    from devicetune.server.acceptance import acceptance_check
     from devicetune.server.loop import FederatedLoop
     from devicetune.server.private import private_setup
     from devicetune.server.strategies import make_strategy
@@ -129,9 +130,11 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         instructions=TrainInstructions(
             server_round=0, local_epochs=config.fleet.local_epochs,
             learning_rate=learning_rate, proximal_mu=config.server.proximal_mu,
-            private=config.privacy.device.enabled),
+            private=config.privacy.device.enabled, class_mask=config.server.class_mask),
         max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
         min_devices=config.server.min_devices,
+        accept=acceptance_check(config, reference, data_dir,
+                                tuple(population.source.example_shape), pretrain_data),
     )
     initial_accuracy = evaluate(initial)["accuracy"]
     metrics_path = out_dir / METRICS_FILE

@@ -60,6 +60,7 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
     from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
+    from devicetune.server.acceptance import acceptance_check
     from devicetune.server.device_keys import read_nodes
     from devicetune.server.fleet_grid import FleetGrid
     from devicetune.server.loop import FederatedLoop
@@ -87,9 +88,12 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
         devices_per_round=config.server.devices_per_round,
         instructions=TrainInstructions(0, config.fleet.local_epochs, rate,
                                        config.server.proximal_mu,
-                                       config.privacy.device.enabled),
+                                       config.privacy.device.enabled,
+                                       config.server.class_mask),
         max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
         round_timeout_s=config.server.round_timeout_s, min_devices=config.server.min_devices,
+        accept=acceptance_check(config, reference, settings.data_dir,
+                                tuple(population.source.example_shape)),
     )
     policy = QuorumPolicy.from_config(config.server)
     out = Path(settings.out_dir)
@@ -145,6 +149,9 @@ def check_serve_config(config: Any) -> None:
         raise ConfigError("server.secagg = true hides each device's update, so the server "
                           "cannot clip it for privacy.mode = "
                           f"{config.privacy.mode!r}; use one or the other")
+    if config.server.secagg and config.server.acceptance_tolerance is not None:
+        raise ConfigError("server.acceptance_tolerance is not run on the SecAgg+ path; "
+                          "remove it or set server.secagg = false")
 
 
 def _initial_weights(config: Any, artifact: list[np.ndarray]) -> list[np.ndarray]:

@@ -73,6 +73,8 @@ class FederatedLoop:
             it the weights stay and the record says ``quorum: false``.
         privacy: a `PrivacyGuard` when user-level DP is on: the budget gate before a
             round, Poisson sampling of devices, the ledger after a released aggregate.
+        accept: an `AcceptanceCheck`, ``(current, candidate) -> (commit?, accuracy)``:
+            an aggregate it refuses is not committed (the record says ``accepted``).
     """
 
     strategy: Any
@@ -86,6 +88,7 @@ class FederatedLoop:
     round_timeout_s: float | None = None
     min_devices: int = 1
     privacy: Any = None
+    accept: Any = None
     # Per device that trained with DP-SGD: (steps so far, local examples).
     device_dp_steps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -146,8 +149,19 @@ class FederatedLoop:
             with STAGES.timed("aggregation"):
                 arrays, _ = self.strategy.aggregate_train(server_round, valid)
             if arrays is not None:
-                self.weights = [w.astype(np.float32) for w in record_to_weights(arrays)[1]]
-                if self.privacy is not None:  # an aggregate was released: account it
+                candidate = [w.astype(np.float32) for w in record_to_weights(arrays)[1]]
+                if self.accept is not None:
+                    with STAGES.timed("acceptance"):
+                        accepted, score = self.accept(self.weights, candidate)
+                    extra.update(accepted=accepted, server_accuracy=score)
+                    if not accepted:
+                        log.info("round %d: aggregate not committed (accuracy %.4f on "
+                                 "the server's data)", server_round, score)
+                        candidate = self.weights
+                        self._rewind_server_optimizer()
+                self.weights = candidate
+                # Released (and judged) from the devices' updates: account it either way.
+                if self.privacy is not None:
                     extra.update(self.privacy.after_round(server_round,
                                                           self.strategy.last["clip_norm"]))
         with STAGES.timed("evaluation"):
@@ -160,6 +174,13 @@ class FederatedLoop:
             wall_s=round(time.perf_counter() - start, 4),
             extra=extra,
         )
+
+    def _rewind_server_optimizer(self) -> None:
+        """A strategy that keeps the model it last produced (FedAvgM, FedAdam) goes back
+        to the committed one, so its next pseudo-gradient is taken from there."""
+        inner = getattr(self.strategy, "inner", self.strategy)
+        if getattr(inner, "current_arrays", None) is not None:
+            inner.current_arrays = weights_to_record(self.names, self.weights)
 
     def _validate_stacked(self, updates: Any) -> tuple[Any, int, list[float]]:
         """`_validate` for a grid's stacked `RoundUpdates`."""
