@@ -28,16 +28,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    suggest_commands=False,  # Click itself suggests; Typer's would say it twice
 )
 keys_app = typer.Typer(help="Key pairs that sign and verify model versions.",
-                       no_args_is_help=True)
-privacy_app = typer.Typer(help="Differential privacy planning.", no_args_is_help=True)
-registry_app = typer.Typer(help="The model registry and its HTTP API.", no_args_is_help=True)
+                       no_args_is_help=True, suggest_commands=False)
+privacy_app = typer.Typer(help="Differential privacy planning.", no_args_is_help=True,
+                          suggest_commands=False)
+registry_app = typer.Typer(help="The model registry and its HTTP API.", no_args_is_help=True,
+                           suggest_commands=False)
 app.add_typer(data_app, name="data")
 app.add_typer(keys_app, name="keys")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(registry_app, name="registry")
-
 
 
 def _quiet_tensorflow() -> None:
