@@ -108,11 +108,16 @@ def simulate(
     ray_address: Annotated[str | None, typer.Option(
         help="--engine ray or flower on a Ray cluster: its head's HOST:PORT (default: "
         "$RAY_ADDRESS, else a local Ray).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace the run already in --out (default: refuse a non-empty folder).")]
+    = False,
 ) -> None:
     """Simulate a fleet of phones federating and personalising the exported artifacts."""
     from devicetune.config import load_config, resolve_data_dir
+    from devicetune.run_files import clear_run_folder
 
     cfg = load_config(config)
+    clear_run_folder(out, overwrite=overwrite, keep=artifacts)
     ios = cfg.fleet is not None and cfg.fleet.platform_mix.get("ios", 0.0) > 0
     if artifacts is None or engine == "flower" or ios:
         _quiet_tensorflow()  # building, Flower's simulation, coremltools: all import TF
