@@ -160,11 +160,15 @@ def device(config: ConfigArg,
            data: DataOpt = None,
            auth_key: Annotated[Path | None, typer.Option(
                help="This device's private key (device-K from `devicetune keys "
-               "devices`), when the server authenticates SuperNodes.")] = None) -> None:
+               "devices`), when the server authenticates SuperNodes.")] = None,
+           patience_s: Annotated[float, typer.Option(
+               help="Exit once the SuperLink has not answered for this many seconds "
+               "(the federation finished, or no server came).")] = 120.0) -> None:
     """Run one simulated device as a Flower SuperNode."""
     from devicetune.server.device import become_device, device_argv
 
-    argv, env = device_argv(config, superlink, device_id, artifacts, data, auth_key)
+    argv, env = device_argv(config, superlink, device_id, artifacts, data, auth_key,
+                            patience_s)
     print(f"device {device_id}: a SuperNode of {superlink}", flush=True)
     become_device(argv, env)
 
