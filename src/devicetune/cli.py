@@ -89,9 +89,14 @@ def build(config: ConfigArg, out: OutOpt, data: DataOpt = None) -> None:
     from devicetune.export.build import build as build_artifacts
     from devicetune.report.console import console, print_build
 
-    with console.status("building") as status:
+    if console.is_terminal:
+        with console.status("building") as status:
+            result = build_artifacts(cfg, out, resolve_data_dir(data),
+                                     progress=lambda step: status.update(step))
+    else:  # a log or a pipe: each step as a plain line
         result = build_artifacts(cfg, out, resolve_data_dir(data),
-                                 progress=lambda step: status.update(step))
+                                 progress=lambda step: print(step, file=sys.stderr,
+                                                             flush=True))
     print_build(result)
 
 

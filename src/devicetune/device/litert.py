@@ -5,7 +5,11 @@ Only `ai_edge_litert` is needed here, not TensorFlow: a phone has no TensorFlow 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,31 @@ def invocation_seconds() -> float:
     """Seconds spent inside LiteRT signature calls in this process so far: the compute
     floor a simulation's overhead is measured against."""
     return _INVOKE_SECONDS[0]
+
+
+_NOTE_PRINTED = [False]
+
+
+@contextlib.contextmanager
+def without_xnnpack_note() -> Iterator[None]:
+    """Keep LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." off
+    stderr. The C++ runtime prints it once per process, at the first allocation, and no
+    environment variable or option turns it off (TF_CPP_MIN_LOG_LEVEL does not reach
+    it); so the first allocation runs with stderr pointed at /dev/null. What fails there
+    still raises, with its message."""
+    if _NOTE_PRINTED[0]:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    _NOTE_PRINTED[0] = True
 
 
 class _Timed:
@@ -60,8 +89,9 @@ class LiteRTModel:
         if missing:
             raise ArtifactError(f"the TFLite model lacks signature(s) {sorted(missing)}; build "
                                 "it with `devicetune build`")
-        self._runners = {name: _Timed(self._interpreter.get_signature_runner(name))
-                         for name in signatures}
+        with without_xnnpack_note():  # a signature runner allocates the tensors
+            self._runners = {name: _Timed(self._interpreter.get_signature_runner(name))
+                             for name in signatures}
         details = self._runners["train"].runner.get_input_details()
         self.batch_size = int(details["features"]["shape"][0])
         self.feature_dim = int(details["features"]["shape"][1])

@@ -168,7 +168,7 @@ def _artifacts(config: Any, out_dir: Path, data_dir: Path, given: Path | None, r
     say(f"building the artifacts into {target}")
     from devicetune.export.build import build
 
-    build(config, target, data_dir)
+    build(config, target, data_dir, progress=lambda step: say(f"  {step}"))
     return target
 
 
