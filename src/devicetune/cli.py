@@ -387,6 +387,9 @@ def registry_serve(
             raise ConfigError(f"--token-file {token_file} is empty; put the token in it")
     else:
         token = os.environ.get("DEVICETUNE_REGISTRY_TOKEN") or None
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such folder (a server with [emit] fills one; "
+                          "to serve an empty registry, create the folder first)")
     if public_key is not None:
         load_public_key(public_key)
     print(f"registry {root}: publishing "
