@@ -26,17 +26,18 @@ def invocation_seconds() -> float:
     return _INVOKE_SECONDS[0]
 
 
-_NOTE_PRINTED = [False]
+_QUIETED: set[str] = set()
 
 
 @contextlib.contextmanager
-def without_xnnpack_note() -> Iterator[None]:
+def without_xnnpack_note(moment: str = "allocate") -> Iterator[None]:
     """Keep LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." off
-    stderr. The C++ runtime prints it once per process, at the first allocation, and no
-    environment variable or option turns it off (TF_CPP_MIN_LOG_LEVEL does not reach
-    it); so the first allocation runs with stderr pointed at /dev/null. What fails there
-    still raises, with its message."""
-    if _NOTE_PRINTED[0]:
+    stderr. The C++ runtime prints it once per process, when it first applies the
+    delegate: at the first allocation, or (with TensorFlow loaded) at the first call.
+    No environment variable or option turns it off (TF_CPP_MIN_LOG_LEVEL does not reach
+    it), so the first time at each ``moment`` runs with stderr pointed at /dev/null.
+    What fails there still raises, with its message."""
+    if moment in _QUIETED:
         yield
         return
     sys.stderr.flush()
@@ -48,7 +49,7 @@ def without_xnnpack_note() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    _NOTE_PRINTED[0] = True
+    _QUIETED.add(moment)
 
 
 class _Timed:
@@ -58,6 +59,12 @@ class _Timed:
         self.runner = runner
 
     def __call__(self, **inputs: Any) -> Any:
+        if "invoke" not in _QUIETED:
+            with without_xnnpack_note("invoke"):
+                return self._call(inputs)
+        return self._call(inputs)
+
+    def _call(self, inputs: dict[str, Any]) -> Any:
         start = time.perf_counter()
         try:
             return self.runner(**inputs)

@@ -118,7 +118,7 @@ class RichProgress:
             name, total, done, started = self._stage
             counts = f"{done}/{total}, " if total is not None else ""
             self._console.print(f"{name}: {counts}{time.perf_counter() - started:.1f} s",
-                                highlight=False, markup=False)
+                                highlight=False, markup=False, soft_wrap=True)
         self._stage = None
         if self._task is not None:
             task = self._progress.tasks[-1]
