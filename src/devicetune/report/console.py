@@ -171,6 +171,8 @@ def print_report(report: Report) -> None:
         for row in headline.rows:
             table.add_row(row.label, *(cell.text for cell in row.cells))
         console.print(table)
+    if report.tradeoff:
+        console.print(report.tradeoff, highlight=False)
     if report.verdict:
         console.print(report.verdict)
     for note in report.run.notes:
