@@ -5,7 +5,9 @@ CA file unless ``insecure``, the artifacts if given), then becomes ``flower-supe
 (exec), so that the process a user starts, and may kill, is the SuperNode itself. Its
 node config tells the devicetune ClientApp which device it is and which config (and,
 optionally, artifacts and data) to use; Flower keeps the app bundle in a home of the
-device's own (`devicetune.server.processes.device_flwr_home`).
+device's own (`devicetune.server.processes.device_flwr_home`). The SuperNode exits,
+with a line saying why, once its SuperLink has not answered for ``--patience-s``
+seconds: the federation finished (it had answered before) or none came.
 """
 
 from __future__ import annotations
