@@ -28,6 +28,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def test_every_readme_command_runs_in_order_on_a_fresh_clone(tmp_path: Path,
                    capture_output=True)
     env = {**os.environ, "DEVICETUNE_DATA": str(data_dir), "PYTHONPATH": str(clone / "src"),
            "FLWR_HOME": str(tmp_path / "flwr"), "COLUMNS": "120"}
-    skipped, ran = [], 0
+    skipped, ran, seconds = [], 0, []
     for block in sh_blocks((clone / "README.md").read_text()):
         if block.skip:
             skipped.append(f"README.md:{block.line}: {block.skip}")
@@ -147,13 +148,16 @@ def test_every_readme_command_runs_in_order_on_a_fresh_clone(tmp_path: Path,
             if isinstance(argv, str):
                 skipped.append(f"README.md:{block.line}: {command!r}: {argv}")
                 continue
+            started = time.perf_counter()
             result = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True,
                                     timeout=900)
+            seconds.append(f"{time.perf_counter() - started:5.1f} s  {command}")
             assert result.returncode == 0, (f"README.md:{block.line}: {command!r} exited "
                                             f"{result.returncode}\n{result.stdout[-2000:]}\n"
                                             f"{result.stderr[-3000:]}")
             noise = [n for n in NOISE if n in result.stderr]
             assert not noise, f"README.md:{block.line}: {command!r} printed {noise}"
             ran += 1
-    print(f"\nran {ran} README commands; not run:\n  " + "\n  ".join(skipped))
+    print(f"\nran {ran} README commands:\n  " + "\n  ".join(seconds)
+          + "\nnot run:\n  " + "\n  ".join(skipped))
     assert ran >= 8  # the runnable part of the README is still there
