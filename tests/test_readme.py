@@ -151,7 +151,8 @@ def test_every_readme_command_runs_in_order_on_a_fresh_clone(tmp_path: Path,
             started = time.perf_counter()
             result = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True,
                                     timeout=900)
-            seconds.append(f"{time.perf_counter() - started:5.1f} s  {command}")
+            swapped = "".join(f" [{old} -> {new}]" for old, new in block.replace.items())
+            seconds.append(f"{time.perf_counter() - started:5.1f} s  {command}{swapped}")
             assert result.returncode == 0, (f"README.md:{block.line}: {command!r} exited "
                                             f"{result.returncode}\n{result.stdout[-2000:]}\n"
                                             f"{result.stderr[-3000:]}")
