@@ -25,6 +25,38 @@ VERSIONS_FILE = "versions.jsonl"
 RUN_FILES = (METRICS_FILE, DEVICES_FILE, SUMMARY_FILE, VERSIONS_FILE, CONFIG_FILE)
 
 
+def clear_run_folder(out: Path, *, overwrite: bool, keep: Path | None = None) -> None:
+    """Make ``out`` ready for a new run: absent or empty as it is, or, with
+    ``overwrite``, a previous run folder removed. The rule `serve` and `registry fetch`
+    follow too: what is already there is never replaced silently.
+
+    Raises:
+        RunFolderError: ``out`` is a file, or holds something and ``overwrite`` is not
+            set, or is not a run folder (``overwrite`` removes only a run), or holds
+            ``keep`` (the artifacts about to be run).
+    """
+    import shutil
+
+    from devicetune.errors import RunFolderError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out}: is a file; choose a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise RunFolderError(f"--out {out} is not empty (a previous run?); pass --overwrite "
+                             "to replace it, or choose another --out")
+    if not any((out / name).exists() for name in RUN_FILES):
+        raise RunFolderError(f"--out {out} is not empty and holds no run (no "
+                             f"{CONFIG_FILE}, {METRICS_FILE}); --overwrite replaces only a "
+                             "run folder: choose another --out")
+    if keep is not None and Path(keep).resolve().is_relative_to(out.resolve()):
+        raise RunFolderError(f"--artifacts {keep} is inside --out {out}, which --overwrite "
+                             "would remove; move the build or choose another --out")
+    shutil.rmtree(out)
+
+
 @dataclass(frozen=True)
 class PersonalizationResult:
     """One device of ``devices.csv``: the global model vs its personalised one."""

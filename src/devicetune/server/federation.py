@@ -35,16 +35,21 @@ _LOCK_WAIT_S = 15.0
 _SETTLE_S = 10.0
 
 
-def run_server(grid: Any, settings: Any) -> list[np.ndarray]:
+def run_server(grid: Any, settings: Any, announce: bool = False) -> list[np.ndarray]:
     """Run the configured rounds over ``grid``; write metrics, state and the final
     weights into ``settings.out_dir``; return the final weights.
 
     With ``settings.resume`` the rounds continue after the committed one; otherwise the
     federation starts from the artifact's weights (overwriting a previous state: the
-    ``serve`` command refuses that before it gets here).
+    ``serve`` command refuses that before it gets here). ``announce`` (a ServerApp
+    of `flwr run` or `serve`, not one in a caller's process) logs each round into
+    ``server.log`` and onto stderr.
     """
     if getattr(settings, "serve_pid", 0):
         _die_with(settings.serve_pid)
+    if announce or getattr(settings, "serve_pid", 0):
+        # server.log, and stderr: `serve` keeps it in superlink.log, `flwr run --stream`
+        # shows it (joins, each round, versions, rejected updates).
         _log_to_run_folder(Path(settings.out_dir))
     try:
         return _run(grid, settings)
@@ -72,6 +77,8 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
 
     quiet_flower()
     config = load_config(settings.config)
+    if hasattr(settings, "configured"):
+        config = settings.configured(config)
     config.require("model", "fleet", command="the devicetune ServerApp")
     check_serve_config(config)
     population = Population.from_config(config.fleet, config.seed, settings.data_dir,
@@ -124,6 +131,7 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
                 log.error("%s", result.describe())
                 break
             _commit_round(out, result, loop, config.server.strategy, artifact_sha256)
+            log.info("%s", describe_round(result.to_dict(), config.server.rounds))
             outcome["last_round"] = server_round
             if emitter is not None and server_round % config.emit.every_rounds == 0:
                 _emit(emitter, config, loop, evaluate, server_round)
@@ -131,6 +139,17 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
         atomic_write_json(out / OUTCOME_FILE, outcome)  # last: `serve` waits for it
         _finished.set()
     return loop.weights
+
+
+def describe_round(row: dict[str, Any], rounds: int) -> str:
+    """A round's line, as `serve` prints it and `flwr run --stream` shows it."""
+    accuracy = row.get("global_accuracy")
+    shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
+    retries = row.get("attempts", 1) - 1
+    return (f"round {row['round']}/{rounds}: {row['completed']} of {row['sampled']} devices "
+            f"aggregated, {row['dropped']} dropped, {row['rejected']} rejected"
+            f"{f', after {retries} retries' if retries else ''}; global accuracy {shown} "
+            f"({row['wall_s']:.1f} s)")
 
 
 def check_serve_config(config: Any) -> None:
