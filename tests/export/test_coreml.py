@@ -29,7 +29,7 @@ from devicetune.export.coreml import (
     write_coreml,
 )
 from devicetune.export.coreml_knn import KNNReference, build_knn_spec
-from devicetune.export.coreml_reference import CoreMLReference
+from devicetune.device.coreml_reference import CoreMLReference
 from tests.export.conftest import examples
 from tests.export.coreml_cases import IDS, VARIANTS, converted
 

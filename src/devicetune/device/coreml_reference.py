@@ -37,8 +37,8 @@ import numpy as np
 
 from devicetune.errors import ArtifactError, ExportError
 from devicetune.export.coreml_files import load_spec, write_spec
-from devicetune.export.coreml_layers import InnerProduct, compile_layer, run_layers
-from devicetune.export.coreml_training import DenseHead, Optimizer, UpdateParameters, train
+from devicetune.device.coreml_layers import InnerProduct, compile_layer, run_layers
+from devicetune.device.coreml_training import DenseHead, Optimizer, UpdateParameters, train
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2

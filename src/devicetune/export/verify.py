@@ -20,7 +20,7 @@ from devicetune.device.batching import padded_batches
 if TYPE_CHECKING:
     from devicetune.device.litert import LiteRTModel
     from devicetune.export.coreml_knn import KNNReference
-    from devicetune.export.coreml_reference import CoreMLReference
+    from devicetune.device.coreml_reference import CoreMLReference
     from devicetune.model.program import DeviceProgram
 
 PARITY_FILE = "parity.json"
@@ -189,7 +189,7 @@ def coreml_parity(reference: CoreMLReference, program: DeviceProgram,
     ``scratch`` is a folder for the save-and-reload check.
     """
     from devicetune.export.coreml import updatable_problems
-    from devicetune.export.coreml_reference import CoreMLReference
+    from devicetune.device.coreml_reference import CoreMLReference
 
     problems = updatable_problems(reference.spec)
     checks = [Check("coreml.updatable", float(len(problems)), 0.0, not problems,
