@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from devicetune.artifacts.manifest import CoreMLEntry, KNNEntry, RangeEntry, sha256_file
 from devicetune.errors import ExportError
-from devicetune.export.coreml_files import import_coremltools, quiet, write_spec
+from devicetune.device.coreml_files import import_coremltools, quiet, write_spec
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2
