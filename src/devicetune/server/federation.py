@@ -17,11 +17,19 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from devicetune.atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
+    from devicetune.artifacts.emit import VersionEmitter
+    from devicetune.config import DevicetuneConfig, ServerConfig
+    from devicetune.server.apps import AppSettings
+    from devicetune.server.loop import Evaluate, FederatedLoop, RoundRecord
 
 log = logging.getLogger("devicetune.server")
 
@@ -35,7 +43,7 @@ _LOCK_WAIT_S = 15.0
 _SETTLE_S = 10.0
 
 
-def run_server(grid: Any, settings: Any) -> list[np.ndarray]:
+def run_server(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     """Run the configured rounds over ``grid``; write metrics, state and the final
     weights into ``settings.out_dir``; return the final weights.
 
@@ -53,13 +61,15 @@ def run_server(grid: Any, settings: Any) -> list[np.ndarray]:
         raise
 
 
-def _run(grid: Any, settings: Any) -> list[np.ndarray]:
+def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     from devicetune.artifacts.manifest import sha256_file
     from devicetune.config import load_config
+    from devicetune.device.runtime import open_runtimes
     from devicetune.errors import PrivacyBudgetExceeded
+    from devicetune.fleet.evaluation import global_evaluator
+    from devicetune.fleet.flower_log import quiet_flower
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
-    from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
     from devicetune.server.device_keys import read_nodes
     from devicetune.server.fleet_grid import FleetGrid
     from devicetune.server.loop import FederatedLoop
@@ -72,6 +82,7 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     quiet_flower()
     config = load_config(settings.config)
     config.require("model", "fleet", command="the devicetune ServerApp")
+    assert config.model is not None and config.fleet is not None
     check_serve_config(config)
     population = Population.from_config(config.fleet, config.seed, settings.data_dir,
                                         class_names=config.model.classes)
@@ -123,13 +134,14 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
             outcome["last_round"] = server_round
             if emitter is not None and server_round % config.emit.every_rounds == 0:
                 _emit(emitter, config, loop, evaluate, server_round)
-        np.savez(out / "global_weights.npz", **dict(zip(loop.names, loop.weights, strict=True)))
+        np.savez(out / "global_weights.npz",
+                 **dict(zip(loop.names, loop.weights, strict=True)))  # type: ignore[arg-type]
         atomic_write_json(out / OUTCOME_FILE, outcome)  # last: `serve` waits for it
         _finished.set()
     return loop.weights
 
 
-def check_serve_config(config: Any) -> None:
+def check_serve_config(config: DevicetuneConfig) -> None:
     """Refuse what the served federation cannot honour (user errors, one line)."""
     from devicetune.errors import ConfigError
     from devicetune.server.secagg import check_secagg_config
@@ -147,7 +159,7 @@ def check_serve_config(config: Any) -> None:
                           f"{config.privacy.mode!r}; use one or the other")
 
 
-def _initial_weights(config: Any, artifact: list[np.ndarray]) -> list[np.ndarray]:
+def _initial_weights(config: DevicetuneConfig, artifact: list[np.ndarray]) -> list[np.ndarray]:
     """The artifact's head, or a fresh one when the federation learns it from scratch."""
     if config.server.initial_head == "fresh":
         from devicetune.model.head import fresh_like
@@ -156,7 +168,8 @@ def _initial_weights(config: Any, artifact: list[np.ndarray]) -> list[np.ndarray
     return artifact
 
 
-def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str) -> int:
+def _start(out: Path, resume: bool, loop: FederatedLoop, server: ServerConfig,
+           artifact_sha256: str) -> int:
     """Prepare ``out`` for the first round to run, and return its number."""
     from devicetune.run_files import METRICS_FILE
     from devicetune.server.state import (
@@ -184,7 +197,7 @@ def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str
     return state.round + 1
 
 
-def _restore_privacy(loop: Any, saved: dict[str, Any] | None, out: Path) -> None:
+def _restore_privacy(loop: FederatedLoop, saved: dict[str, Any] | None, out: Path) -> None:
     """Continue the committed ledger, so epsilon never goes down across a crash."""
     from devicetune.errors import ServerError
     from devicetune.privacy.ledger import PrivacyLedger
@@ -194,12 +207,14 @@ def _restore_privacy(loop: Any, saved: dict[str, Any] | None, out: Path) -> None
         raise ServerError(f"{out / 'server_state.npz'}: this run was committed without a "
                           "privacy ledger but the config turns DP on; resume it with the "
                           "same [privacy] section, or start a new run folder")
+    assert loop.privacy is not None
     ledger = PrivacyLedger.from_dict(saved["ledger"])
     loop.privacy = PrivacyGuard(loop.privacy.privacy, loop.privacy.sampling_rate, ledger)
-    loop.strategy.restore(saved.get("aggregation", {}))
+    loop.dp_aggregation.restore(saved.get("aggregation", {}))
 
 
-def _emitter(config: Any, settings: Any, out: Path, loop: Any, evaluate: Any) -> Any:
+def _emitter(config: DevicetuneConfig, settings: AppSettings, out: Path,
+             loop: FederatedLoop, evaluate: Evaluate) -> VersionEmitter | None:
     """The version emitter when ``[emit]`` is on (the build is published as version 1,
     measured with the weights the fleet starts from)."""
     if not config.emit.enabled:
@@ -211,7 +226,8 @@ def _emitter(config: Any, settings: Any, out: Path, loop: Any, evaluate: Any) ->
     return VersionEmitter(config, Path(settings.artifacts), out, evaluate(start))
 
 
-def _emit(emitter: Any, config: Any, loop: Any, evaluate: Any, server_round: int) -> None:
+def _emit(emitter: VersionEmitter, config: DevicetuneConfig, loop: FederatedLoop,
+          evaluate: Evaluate, server_round: int) -> None:
     """Offer the round's global model as the next version: the privacy gate first."""
     from devicetune.artifacts.manifest import PrivacyEntry
     from devicetune.errors import DevicetuneError, PrivacyBudgetExceeded
@@ -228,7 +244,7 @@ def _emit(emitter: Any, config: Any, loop: Any, evaluate: Any, server_round: int
                 epsilon=spent.of(config.privacy.accountant), delta=config.privacy.delta,
                 accountant=config.privacy.accountant,
                 noise_multiplier=config.privacy.noise_multiplier,
-                clip_norm=loop.strategy.clip_norm, rounds=loop.privacy.accountant.rounds,
+                clip_norm=loop.dp_aggregation.clip_norm, rounds=loop.privacy.accountant.rounds,
                 sampling_rate=loop.privacy.sampling_rate)
     try:
         outcome = emitter.emit(server_round, loop.weights, evaluate(loop.weights), entry,
@@ -243,7 +259,7 @@ def _emit(emitter: Any, config: Any, loop: Any, evaluate: Any, server_round: int
                     outcome.reason)
 
 
-def _commit_round(out: Path, record: Any, loop: Any, strategy_name: str,
+def _commit_round(out: Path, record: RoundRecord, loop: FederatedLoop, strategy_name: str,
                   artifact_sha256: str) -> None:
     """Append the round's metrics, then commit the state: a crash in between leaves a
     row that `trim_metrics` drops on resume, never a committed round without its row."""
@@ -262,7 +278,7 @@ def _commit_round(out: Path, record: Any, loop: Any, strategy_name: str,
         weights=[np.asarray(w, np.float32) for w in loop.weights],
         artifact_sha256=artifact_sha256, optimizer=optimizer_state(loop.strategy),
         privacy=None if loop.privacy is None else {
-            "ledger": loop.privacy.ledger.to_dict(), "aggregation": loop.strategy.state()},
+            "ledger": loop.privacy.ledger.to_dict(), "aggregation": loop.dp_aggregation.state()},
     ))
 
 
@@ -277,7 +293,7 @@ def _log_to_run_folder(out: Path) -> None:
     formatter = logging.Formatter("%(asctime)s devicetune %(levelname)s: %(message)s")
     for handler in (logging.FileHandler(out / LOG_FILE), logging.StreamHandler()):
         handler.setFormatter(formatter)
-        handler.devicetune_run = True  # type: ignore[attr-defined]
+        handler.devicetune_run = True  # type: ignore[union-attr]
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
