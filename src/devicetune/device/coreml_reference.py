@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from devicetune.errors import ArtifactError, ExportError
 from devicetune.device.coreml_files import load_spec, write_spec
 from devicetune.device.coreml_layers import InnerProduct, compile_layer, run_layers
 from devicetune.device.coreml_training import DenseHead, Optimizer, UpdateParameters, train
+from devicetune.errors import ArtifactError, ExportError
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devicetune.artifacts.manifest import CoreMLEntry, KNNEntry, RangeEntry, sha256_file
-from devicetune.errors import ExportError
 from devicetune.device.coreml_files import import_coremltools, quiet, write_spec
+from devicetune.errors import ExportError
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2
