@@ -11,6 +11,7 @@ state (`devicetune.server.state`). How the run ended goes into ``outcome.json``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -72,6 +73,7 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     from devicetune.fleet.population import Population
     from devicetune.server.device_keys import read_nodes
     from devicetune.server.fleet_grid import FleetGrid
+    from devicetune.server.gateway_grid import GatewayGrid, start_gateway
     from devicetune.server.loop import FederatedLoop
     from devicetune.server.private import private_setup
     from devicetune.server.quorum import QuorumFailure, QuorumPolicy, run_round_with_quorum
@@ -105,11 +107,18 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     policy = QuorumPolicy.from_config(config.server)
     out = Path(settings.out_dir)
     artifact_sha256 = sha256_file(Path(settings.artifacts) / "model.tflite")
-    with hold_run_folder(out, wait_s=_LOCK_WAIT_S):
+    with hold_run_folder(out, wait_s=_LOCK_WAIT_S), contextlib.ExitStack() as stack:
         first = _start(out, bool(getattr(settings, "resume", False)), loop, config.server,
                        artifact_sha256)
-        fleet = FleetGrid(grid, population, policy.round_timeout_s,
-                          registered=read_nodes(out) if config.server.device_keys else None)
+        supernodes = FleetGrid(grid, population, policy.round_timeout_s,
+                               registered=read_nodes(out) if config.server.device_keys
+                               else None)
+        fleet: FleetGrid | GatewayGrid = supernodes
+        if config.server.gateway.enabled:  # HTTP devices beside the SuperNodes
+            fleet, gateway_server = start_gateway(config, out, Path(settings.artifacts),
+                                                  loop.names, supernodes)
+            stack.callback(gateway_server.stop)
+            loop.over_selection = config.server.gateway.over_selection
         joined = fleet.wait_for_devices(min(config.server.devices_per_round,
                                             population.devices), policy.join_timeout_s)
         log.info("%d devices joined; rounds %d to %d", joined, first, config.server.rounds)
@@ -130,6 +139,8 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
                 outcome.update(status="stopped", message=result.describe())
                 log.error("%s", result.describe())
                 break
+            if isinstance(fleet, GatewayGrid):  # refused reports, in the round's row
+                result.extra.update(fleet.gateway.counters())
             _commit_round(out, result, loop, config.server.strategy, artifact_sha256)
             outcome["last_round"] = server_round
             if emitter is not None and server_round % config.emit.every_rounds == 0:
@@ -157,6 +168,17 @@ def check_serve_config(config: DevicetuneConfig) -> None:
         raise ConfigError("server.secagg = true hides each device's update, so the server "
                           "cannot clip it for privacy.mode = "
                           f"{config.privacy.mode!r}; use one or the other")
+    if config.server.gateway.enabled:
+        from devicetune.server.gateway import read_enrollment_token
+
+        if config.server.secagg:
+            raise ConfigError("server.secagg = true runs Flower's SecAgg+ between "
+                              "SuperNodes, which HTTP devices do not speak; turn off "
+                              "server.gateway.enabled or server.secagg")
+        if config.server.gateway.port == config.server.port:
+            raise ConfigError(f"server.gateway.port = {config.server.gateway.port} is "
+                              "the SuperLink's server.port; choose another")
+        read_enrollment_token(config.server.gateway.enrollment_token_file)
 
 
 def _initial_weights(config: DevicetuneConfig, artifact: list[np.ndarray]) -> list[np.ndarray]:

@@ -9,6 +9,7 @@ and evaluate the new global model. The loop never knows where the devices are.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -106,6 +107,9 @@ class FederatedLoop:
             it the weights stay and the record says ``quorum: false``.
         privacy: a `PrivacyGuard` when user-level DP is on: the budget gate before a
             round, Poisson sampling of devices, the ledger after a released aggregate.
+        over_selection: sample this many times ``devices_per_round`` (a grid that
+            closes a round at ``devices_per_round`` replies, the gateway's, then does
+            not wait for the slowest devices); not under DP, which samples by coin flips.
     """
 
     strategy: RoundStrategy
@@ -119,6 +123,7 @@ class FederatedLoop:
     round_timeout_s: float | None = None
     min_devices: int = 1
     privacy: PrivacyGuard | None = None
+    over_selection: float = 1.0
     # Per device that trained with DP-SGD: (steps so far, local examples).
     device_dp_steps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -138,8 +143,9 @@ class FederatedLoop:
                 grid.begin_round(server_round, sampling_rate=sampling_rate)
         online = len(list(grid.get_node_ids()))
         # Under DP the grid already chose the round's devices by Poisson sampling.
+        wanted = math.ceil(self.devices_per_round * self.over_selection - 1e-9)
         set_sample_size(self.strategy, online if sampling_rate is not None
-                        else min(self.devices_per_round, online))
+                        else min(wanted, online))
         # Flower samples with the `random` module; seed it per round for reproducibility.
         random.seed(hash((self.seed, server_round)) if attempt == 0
                     else hash((self.seed, server_round, attempt)))
