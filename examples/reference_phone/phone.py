@@ -55,6 +55,7 @@ class ReferencePhone:
         self._interpreter: Any = None
         self._model_sha256: str | None = None
         self.reports: list[dict[str, Any]] = []  # the answers to this phone's reports
+        self.task: dict[str, Any] | None = None  # the task it is working on
 
     # ------------------------------------------------------------------ protocol
 
@@ -96,15 +97,26 @@ class ReferencePhone:
 
     def run(self, stop: threading.Event, max_wait_s: float = 5.0) -> None:
         """Check in, train, report, until ``stop``; waits as the server says (at most
-        ``max_wait_s`` here, so a test's phones stay responsive)."""
+        ``max_wait_s`` here, so a test's phones stay responsive). A report that could
+        not be delivered (the server unreachable) is sent again, as it is safe to: an
+        accepted one counts once, and one whose round was lost gets 404 or 410, which
+        mean "check in again"."""
+        pending: tuple[dict[str, Any], bytes] | None = None
         while not stop.is_set():
-            answer = self.check_in()
-            task = answer["task"]
-            if task is None:
-                stop.wait(min(answer["retry_after_s"], max_wait_s))
-                continue
-            reply = self.report(task, self.train(task))
-            self.reports.append({"status": reply.status_code, **reply.json()})
+            try:
+                if pending is not None:
+                    reply = self.report(*pending)
+                    pending, self.task = None, None
+                    self.reports.append({"status": reply.status_code, **reply.json()})
+                    continue
+                answer = self.check_in()
+                self.task = answer["task"]
+                if self.task is None:
+                    stop.wait(min(answer["retry_after_s"], max_wait_s))
+                    continue
+                pending = (self.task, self.train(self.task))
+            except httpx.TransportError:  # the server is down or restarting
+                stop.wait(min(1.0, max_wait_s))
 
     # ------------------------------------------------------------------ the artifact
 

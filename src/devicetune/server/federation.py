@@ -175,6 +175,12 @@ def check_serve_config(config: DevicetuneConfig) -> None:
             raise ConfigError("server.secagg = true runs Flower's SecAgg+ between "
                               "SuperNodes, which HTTP devices do not speak; turn off "
                               "server.gateway.enabled or server.secagg")
+        if config.privacy.mode != "off":
+            # DP-FedAvg divides by q x fleet.devices, the simulated fleet SuperNodes
+            # play; HTTP devices would need q over the enrolled devices as well.
+            raise ConfigError("server.gateway.enabled = true with privacy.mode = "
+                              f"{config.privacy.mode!r} is not supported yet (the sampling "
+                              "rate would not count HTTP devices); turn one of them off")
         if config.server.gateway.port == config.server.port:
             raise ConfigError(f"server.gateway.port = {config.server.gateway.port} is "
                               "the SuperLink's server.port; choose another")

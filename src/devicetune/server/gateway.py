@@ -85,6 +85,8 @@ class Task:
     start: dict[str, np.ndarray]
     message: Any  # the Flower message this task answers
     report_digest: str | None = None  # sha256 of the accepted report body
+    assigned_at: float = field(default_factory=time.time)
+    reported_at: float = 0.0
 
 
 @dataclass
@@ -305,6 +307,7 @@ class Gateway:
                 raise Refused(409, "replayed", "this task was reported concurrently or "
                               "its round closed meanwhile")
             task.report_digest = digest
+            task.reported_at = time.time()
             current.reports.append((task, weights, metrics))
             self.arrived.notify_all()
         return False

@@ -12,7 +12,8 @@
 Everything but enrollment needs ``Authorization: Bearer CREDENTIAL``. Errors are
 ``{"detail": "..."}``:
 
-    400 a report that is not safetensors or whose metadata is wrong
+    400 a body that is not JSON, or a report that is not safetensors or whose
+        metadata is wrong
     401 no or a wrong credential; 403 a wrong enrollment token, or another device's task
     404 no such task (the server restarted: check in again)
     409 a task reported again with another body (a replay)
@@ -57,7 +58,8 @@ class Error(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     reasons = {
-        400: "a report that is not safetensors, or whose metadata is wrong",
+        400: "a body that is not JSON, or a report that is not safetensors or whose "
+             "metadata is wrong",
         401: "no or a wrong device credential",
         403: "a wrong enrollment token, or another device's task",
         404: "no such task: check in again",
@@ -71,7 +73,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class EnrollRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     enrollment_token: str = Field(min_length=1, max_length=512)
     platform: Literal["android", "ios"]
@@ -84,7 +86,7 @@ class EnrollAnswer(BaseModel):
 
 
 class CheckIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false
 
     platform: Literal["android", "ios"]
     model_version: int | None = Field(None, ge=1, le=1_000_000,
@@ -146,13 +148,13 @@ def create_gateway_app(gateway: Gateway, artifacts: Path, *,
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler(app))
 
-    @app.post("/v1/enroll", status_code=201, responses=_errors(403))
+    @app.post("/v1/enroll", status_code=201, responses=_errors(400, 403))
     def enroll(request: EnrollRequest) -> EnrollAnswer:
         """Exchange the fleet's enrollment token for this device's own credential."""
         number, credential = gateway.enroll(request.enrollment_token, request.platform)
         return EnrollAnswer(device_id=number, credential=credential)
 
-    @app.post("/v1/checkin", responses=_errors(401))
+    @app.post("/v1/checkin", responses=_errors(400, 401))
     def check_in(body: CheckIn, number: Annotated[int, Depends(device)]) -> CheckInAnswer:
         """Say the device is here and whether it may train now; get a task or a wait."""
         eligible = body.charging and body.unmetered and body.idle
@@ -311,3 +313,18 @@ class GatewayServer:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.stop()
+
+
+def openapi_document() -> dict[str, Any]:
+    """Protocol v1's OpenAPI document, as a served gateway answers /openapi.json."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        gateway = Gateway(Path(scratch), "x" * 16, [], 1.0, 1.0, 1)
+        return create_gateway_app(gateway, Path(scratch), max_report_bytes=1).openapi()
+
+
+if __name__ == "__main__":  # python -m devicetune.server.gateway_api > docs/gateway-openapi.json
+    import json
+
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))

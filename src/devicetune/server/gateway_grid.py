@@ -29,7 +29,8 @@ from devicetune.server.gateway import Gateway
 
 log = logging.getLogger("devicetune.server")
 
-# HTTP device k is node GATEWAY_NODE_BASE + k (SuperNodes have random 64-bit ids) and
+# HTTP device k is node GATEWAY_NODE_BASE + k (told apart from SuperNodes, whose ids
+# are random 64-bit numbers, by the round's set of gateway nodes) and
 # device GATEWAY_DEVICE_BASE + k in metrics (simulated devices are 0..devices-1).
 GATEWAY_NODE_BASE = 1 << 62
 GATEWAY_DEVICE_BASE = 1_000_000_000
@@ -76,8 +77,14 @@ class GatewayGrid:
         return supernodes + len(self.gateway.waiting())
 
     def wait_for_devices(self, needed: int, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for ``needed`` devices of either kind."""
-        return self.wait_until_online(needed, timeout_s)
+        """Wait up to ``timeout_s`` for the SuperNodes (``needed``, at most the fleet's
+        ``devices``: the simulated devices SuperNodes play) to join, then for
+        ``needed`` devices of either kind to be online."""
+        deadline = time.monotonic() + timeout_s
+        if self.inner is not None:
+            self.inner.wait_for_devices(min(needed, self.inner.population.devices),
+                                        timeout_s)
+        return self.wait_until_online(needed, max(0.0, deadline - time.monotonic()))
 
     def wait_until_online(self, needed: int, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
@@ -111,8 +118,10 @@ class GatewayGrid:
         ``target`` did (outside DP), or the deadline."""
         timeout = self.timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        ours = [m for m in messages if m.metadata.dst_node_id >= GATEWAY_NODE_BASE]
-        theirs = [m for m in messages if m.metadata.dst_node_id < GATEWAY_NODE_BASE]
+        messages = list(messages)
+        gateway_nodes = set(self._online)  # SuperNode ids are random 64-bit numbers
+        ours = [m for m in messages if m.metadata.dst_node_id in gateway_nodes]
+        theirs = [m for m in messages if m.metadata.dst_node_id not in gateway_nodes]
         pending: set[str] = set()
         if theirs and self.inner is not None:
             pending = {i for i in self.inner.grid.push_messages(theirs) if i}
@@ -159,8 +168,16 @@ class GatewayGrid:
     def _reply(self, task: Any, weights: dict[str, np.ndarray],
                metrics: dict[str, float]) -> Any:
         names = self.gateway.names
-        return train_reply(task.message, names, [weights[n] for n in names],
-                           {**metrics, "device-id": GATEWAY_DEVICE_BASE + task.device})
+        # The keys a SuperNode's reply has (Flower aggregates only replies that agree):
+        # the time from task to report stands for the device's compute time.
+        seconds = max(0.0, task.reported_at - task.assigned_at)
+        metrics = {**metrics, "device-id": GATEWAY_DEVICE_BASE + task.device,
+                   "compute-seconds": seconds, "device-seconds": seconds}
+        if task.instructions.get("private"):
+            metrics.setdefault("dp-steps", 0)
+        else:
+            metrics.pop("dp-steps", None)
+        return train_reply(task.message, names, [weights[n] for n in names], metrics)
 
     # The rest of Flower's Grid, for strategies that call it.
     def push_messages(self, messages: Any) -> Any:
