@@ -19,10 +19,11 @@ from devicetune.server.gateway_grid import GATEWAY_NODE_BASE, GatewayGrid
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT / "examples" / "reference_phone"))
-from phone import ReferencePhone  # noqa: E402
+from phone import ReferencePhone, fetch_version  # noqa: E402, F401
 
 TOKEN = "fleet-enrollment-token-for-tests"
 MAX_REPORT_BYTES = 64 << 10
+CHECKIN_INTERVAL_S = 10.0
 INSTRUCTIONS = {"local-epochs": 1, "learning-rate": 0.01, "proximal-mu": 0.0,
                 "private": False}
 
@@ -39,8 +40,10 @@ class GatewayHarness:
         self.artifacts = artifacts
         self.start = start_weights(artifacts)
         self.names = sorted(self.start)
+        # A phone stays in the pool for about two check-in intervals: long enough for
+        # a loaded test machine to open the round after its check-in.
         self.gateway = Gateway(out, TOKEN, self.names, max_update_norm,
-                               checkin_interval_s=0.2, slots=4)
+                               checkin_interval_s=CHECKIN_INTERVAL_S, slots=4)
         app = create_gateway_app(self.gateway, artifacts, max_report_bytes=MAX_REPORT_BYTES)
         self.server = GatewayServer(app).start()
         self.grid = GatewayGrid(self.gateway, None, target=2, timeout_s=timeout_s)
@@ -69,6 +72,8 @@ class GatewayHarness:
 
         _become_the_server_app()  # messages carry a run id, as in a ServerApp
         self.grid.begin_round(number)
+        missing = {GATEWAY_NODE_BASE + d for d in devices} - set(self.grid.get_node_ids())
+        assert not missing, f"devices {missing} are not in the pool: check them in first"
         arrays = weights_to_record(self.names, [self.start[n] for n in self.names])
         messages = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(
             {**INSTRUCTIONS, "server-round": number})}), dst_node_id=GATEWAY_NODE_BASE + d,

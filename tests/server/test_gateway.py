@@ -13,7 +13,12 @@ import pytest
 from safetensors.numpy import save
 
 from devicetune.server.gateway import DEVICES_FILE, Gateway
-from tests.server.gateway_harness import MAX_REPORT_BYTES, TOKEN, GatewayHarness
+from tests.server.gateway_harness import (
+    CHECKIN_INTERVAL_S,
+    MAX_REPORT_BYTES,
+    TOKEN,
+    GatewayHarness,
+)
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +166,13 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(
 def test_pace_steering_and_eligibility(harness: GatewayHarness) -> None:
     """An ineligible phone (not charging) is not in the pool and waits ten times
     longer; an eligible one comes back after about the check-in interval."""
+    interval = CHECKIN_INTERVAL_S
     busy = harness.phone(charging=False)
     answer = busy.check_in()
-    assert answer["task"] is None and answer["retry_after_s"] >= 0.2 * 10 * 0.8
+    assert answer["task"] is None and answer["retry_after_s"] >= interval * 10 * 0.8
     assert busy.device_id not in harness.gateway.waiting()
     ready = harness.phone()
-    assert 0.2 * 0.8 <= ready.check_in()["retry_after_s"] <= 0.2 * 1.2 * 10
+    assert interval * 0.8 <= ready.check_in()["retry_after_s"] <= interval * 1.2 * 10
     assert ready.device_id in harness.gateway.waiting()
 
 
@@ -174,5 +180,5 @@ def test_enrolled_devices_survive_a_restart(harness: GatewayHarness, tmp_path: P
                                             ) -> None:
     """A restarted gateway (same run folder) knows every credential it handed out."""
     phone = harness.phone()
-    again = Gateway(harness.gateway.out_dir, TOKEN, harness.names, 5.0, 0.2, 4)
+    again = Gateway(harness.gateway.out_dir, TOKEN, harness.names, 5.0, 1.0, 4)
     assert again.authenticate(f"Bearer {phone.credential}") == phone.device_id

@@ -147,7 +147,9 @@ class GatewayGrid:
                     replies.extend(got)
                     pending.difference_update(r.metadata.reply_to_message_id for r in got)
                     next_poll = time.monotonic() + POLL_INTERVAL_S
-                if len(replies) >= close_at or time.monotonic() >= deadline:
+                closed = ours and self.gateway.round is not None and \
+                    time.time() >= self.gateway.round.deadline  # closed by the gateway
+                if len(replies) >= close_at or time.monotonic() >= deadline or closed:
                     break
         finally:
             if ours:
