@@ -98,9 +98,9 @@ def run_rounds(config, artifacts: Path, data_dir: Path, *, per_device: bool,
     """Rounds only (evaluation off), after ``warm_rounds`` that fill the feature cache."""
     from devicetune.artifacts.manifest import read_manifest
     from devicetune.device.runtime import LiteRTDevice
+    from devicetune.fleet.flower_log import quiet_flower
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
-    from devicetune.fleet.simulate import quiet_flower
     from devicetune.fleet.stages import STAGES
     from devicetune.fleet.vectorized import VectorizedGrid
     from devicetune.server.loop import FederatedLoop

@@ -103,10 +103,10 @@ def run_engine(engine: str, config, artifacts: Path, data_dir: Path) -> dict:
     """Rounds only (no evaluation, no personalization): the federated part that scales."""
     from devicetune.device.litert import invocation_seconds
     from devicetune.device.runtime import LiteRTDevice
+    from devicetune.fleet.flower_log import quiet_flower
     from devicetune.fleet.grid import InlineGrid
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
-    from devicetune.fleet.simulate import quiet_flower
     from devicetune.fleet.stages import STAGES
     from devicetune.fleet.vectorized import VectorizedGrid
     from devicetune.server.loop import FederatedLoop
@@ -157,7 +157,7 @@ def run_flower_engine(config, artifacts: Path, data_dir: Path, out: Path) -> dic
     from flwr.simulation import run_simulation
 
     from devicetune.config import to_toml
-    from devicetune.fleet.simulate import quiet_flower
+    from devicetune.fleet.flower_log import quiet_flower
     from devicetune.server.apps import AppSettings, make_client_app, make_server_app
 
     quiet_flower()
@@ -229,8 +229,8 @@ def run_keras_in_flower(config, backbone: Path, data_dir: Path, rounds: int) -> 
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
+    from devicetune.fleet.flower_log import quiet_flower
     from devicetune.fleet.population import Population
-    from devicetune.fleet.simulate import quiet_flower
 
     quiet_flower()
     fleet, seed = config.fleet, config.seed

@@ -48,8 +48,8 @@ def contract(tmp_path_factory: pytest.TempPathFactory,
 
     from devicetune.artifacts.emit import VersionEmitter
     from devicetune.artifacts.keys import generate_key_pair
+    from devicetune.device.coreml_files import load_spec
     from devicetune.device.litert import LiteRTModel
-    from devicetune.export.coreml_files import load_spec
     from devicetune.registry import Registry, RegistryServer
     from devicetune.registry.api import create_app
 

@@ -17,6 +17,7 @@ from coremltools.proto import Model_pb2
 
 from devicetune.artifacts.manifest import Manifest, read_manifest, sha256_file
 from devicetune.config import parse_config
+from devicetune.device.coreml_reference import CoreMLReference
 from devicetune.device.litert import LiteRTModel
 from devicetune.errors import ConfigError, ExportError
 from devicetune.export.build import build
@@ -29,7 +30,6 @@ from devicetune.export.coreml import (
     write_coreml,
 )
 from devicetune.export.coreml_knn import KNNReference, build_knn_spec
-from devicetune.export.coreml_reference import CoreMLReference
 from tests.export.conftest import examples
 from tests.export.coreml_cases import IDS, VARIANTS, converted
 

@@ -12,10 +12,10 @@ import pytest
 from coremltools.proto import Model_pb2
 
 from devicetune.device.batching import padded_batches
+from devicetune.device.coreml_layers import compile_layer, run_layers
+from devicetune.device.coreml_reference import CoreMLReference
 from devicetune.errors import ConfigError, ExportError
 from devicetune.export.coreml import convert_backbone
-from devicetune.export.coreml_layers import compile_layer, run_layers
-from devicetune.export.coreml_reference import CoreMLReference
 from tests.export.conftest import examples
 from tests.export.coreml_cases import IDS, VARIANTS, converted
 

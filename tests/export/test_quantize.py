@@ -11,11 +11,11 @@ import pytest
 
 from devicetune.artifacts.manifest import read_manifest
 from devicetune.config import parse_config
+from devicetune.device.coreml_files import load_spec
+from devicetune.device.coreml_reference import CoreMLReference
 from devicetune.errors import ConfigError
 from devicetune.export import quantize, verify
 from devicetune.export.build import build
-from devicetune.export.coreml_files import load_spec
-from devicetune.export.coreml_reference import CoreMLReference
 from devicetune.export.quantize import int8_codes, quantized_model, round_kernel
 from devicetune.export.tflite import convert_program
 

@@ -203,10 +203,11 @@ def inline_run(config: DevicetuneConfig, artifacts: Path, data_dir: Path, rounds
     """The same federation in this process (InlineGrid): final weights and accuracy per
     round, which the real processes must reproduce when every device is sampled."""
     from devicetune.device.runtime import LiteRTDevice
+    from devicetune.fleet.evaluation import global_evaluator
+    from devicetune.fleet.flower_log import quiet_flower
     from devicetune.fleet.grid import InlineGrid
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
-    from devicetune.fleet.simulate import global_evaluator, quiet_flower
     from devicetune.server.loop import FederatedLoop
     from devicetune.server.strategies import make_strategy
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from devicetune.device.runtime import LiteRTDevice
+from devicetune.fleet.evaluation import global_evaluator
+from devicetune.fleet.flower_log import quiet_flower
 from devicetune.fleet.messages import TrainInstructions
 from devicetune.fleet.population import Population
-from devicetune.fleet.simulate import global_evaluator, quiet_flower
 from devicetune.server.loop import FederatedLoop
 from devicetune.server.strategies import make_strategy
 from tests.conftest import small_config

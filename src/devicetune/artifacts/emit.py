@@ -129,7 +129,7 @@ class VersionEmitter:
         (out / self.base.tflite.file).write_bytes(tflite)
         coreml = None
         if self.base.coreml is not None:
-            from devicetune.export.coreml_reference import CoreMLReference
+            from devicetune.device.coreml_reference import CoreMLReference
 
             reference = CoreMLReference(self.build_dir / self.base.coreml.file)
             reference.set_weights(dict(zip(names, weights, strict=True)))

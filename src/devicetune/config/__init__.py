@@ -33,7 +33,13 @@ from devicetune.config.model import (
     OptimizerSpec,
     PretrainSpec,
 )
-from devicetune.config.server import DevicePrivacy, EmitConfig, PrivacyConfig, ServerConfig
+from devicetune.config.server import (
+    DevicePrivacy,
+    EmitConfig,
+    GatewayConfig,
+    PrivacyConfig,
+    ServerConfig,
+)
 
 __all__ = [
     "BackboneSpec",
@@ -44,6 +50,7 @@ __all__ = [
     "ExportConfig",
     "FleetConfig",
     "FleetData",
+    "GatewayConfig",
     "HeadLayers",
     "HeadSpec",
     "OptimizerSpec",

@@ -11,6 +11,30 @@ from pydantic import Field, field_validator, model_validator
 from devicetune.config.base import PositiveFloat, Section, resolve_relative_path
 
 
+class GatewayConfig(Section):
+    """HTTP devices (apps) beside SuperNodes: `devicetune.server.gateway`, protocol v1."""
+
+    enabled: bool = False
+    port: int = Field(9094, ge=1, le=65535, description="on server.host; TLS unless insecure")
+    enrollment_token_file: Path | None = Field(
+        None, description="file holding the fleet enrollment token apps exchange")
+    max_report_bytes: int = Field(16 << 20, ge=1024, le=1 << 31,
+                                  description="larger report bodies are refused unread")
+    over_selection: float = Field(1.3, ge=1.0, le=10.0,
+                                  description="sample this many times devices_per_round")
+    checkin_interval_s: PositiveFloat = Field(
+        30.0, le=86_400.0, description="pace steering: base wait between check-ins")
+
+    _paths = field_validator("enrollment_token_file", mode="after")(resolve_relative_path)
+
+    @model_validator(mode="after")
+    def _needs_token(self) -> GatewayConfig:
+        if self.enabled and self.enrollment_token_file is None:
+            raise ValueError("enabled = true needs enrollment_token_file (a file holding "
+                             "the fleet's enrollment token)")
+        return self
+
+
 class ServerConfig(Section):
     """The federation: rounds, sampling, aggregation, quorum, address."""
 
@@ -49,6 +73,7 @@ class ServerConfig(Section):
     server_private_key: Path | None = None
     device_keys: Path | None = Field(
         None, description="folder of device-K.pub keys: only those SuperNodes join (TLS)")
+    gateway: GatewayConfig = GatewayConfig()
 
     _paths = field_validator(
         "root_certificate", "server_certificate", "server_private_key", "device_keys",

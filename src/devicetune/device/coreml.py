@@ -26,7 +26,7 @@ class CoreMLDevice:
     platform = "ios"
 
     def __init__(self, model: Path, learning_rate: float) -> None:
-        from devicetune.export.coreml_reference import CoreMLReference
+        from devicetune.device.coreml_reference import CoreMLReference
 
         self.reference = CoreMLReference(model)
         self.batch_size = int(self.reference.batch_size)

@@ -114,3 +114,16 @@ def _weight_order(name: str) -> tuple[int, int]:
     """``dense3_kernel`` -> (3, 0); ``dense3_bias`` -> (3, 1)."""
     layer, _, part = name.partition("_")
     return int(layer.removeprefix("dense")), 0 if part == "kernel" else 1
+
+
+def open_runtimes(artifacts: Path, platform_mix: dict[str, float], learning_rate: float
+                  ) -> dict[str, DeviceRuntime]:
+    """One runtime per platform present in the fleet, over the build's artifacts."""
+    runtimes: dict[str, DeviceRuntime] = {}
+    if platform_mix.get("android", 0) > 0:
+        runtimes["android"] = LiteRTDevice(artifacts / "model.tflite", learning_rate)
+    if platform_mix.get("ios", 0) > 0:
+        from devicetune.device.coreml import CoreMLDevice
+
+        runtimes["ios"] = CoreMLDevice(artifacts / "Model.mlmodel", learning_rate)
+    return runtimes

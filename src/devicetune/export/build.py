@@ -165,8 +165,8 @@ def _build_coreml(model: TrainableModel, config: DevicetuneConfig,
                   out_dir: Path) -> tuple[CoreMLArtifacts, list[Check]]:
     """Write the Core ML model(s) and check them with the reference interpreter against a
     fresh TensorFlow program (the one the TFLite checks used has trained)."""
+    from devicetune.device.coreml_reference import CoreMLReference
     from devicetune.export.coreml import build_coreml
-    from devicetune.export.coreml_reference import CoreMLReference
     from devicetune.export.verify import coreml_parity, knn_parity
 
     artifacts = build_coreml(model, config.export, out_dir)

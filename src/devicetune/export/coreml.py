@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devicetune.artifacts.manifest import CoreMLEntry, KNNEntry, RangeEntry, sha256_file
+from devicetune.device.coreml_files import import_coremltools, quiet, write_spec
 from devicetune.errors import ExportError
-from devicetune.export.coreml_files import import_coremltools, quiet, write_spec
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from devicetune.artifacts.manifest import KNNEntry, sha256_file
+from devicetune.device.coreml_files import import_coremltools, load_spec, write_spec
+from devicetune.device.coreml_layers import compile_layer, run_layers
+from devicetune.device.coreml_reference import CHUNK
 from devicetune.errors import ArtifactError
 from devicetune.export.coreml import EMBEDDING, INPUT, KNN_DEFAULT_LABEL, LABEL, PROBABILITIES
-from devicetune.export.coreml_files import import_coremltools, load_spec, write_spec
-from devicetune.export.coreml_layers import compile_layer, run_layers
-from devicetune.export.coreml_reference import CHUNK
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2

@@ -18,9 +18,9 @@ from devicetune.atomic import atomic_write_json
 from devicetune.device.batching import padded_batches
 
 if TYPE_CHECKING:
+    from devicetune.device.coreml_reference import CoreMLReference
     from devicetune.device.litert import LiteRTModel
     from devicetune.export.coreml_knn import KNNReference
-    from devicetune.export.coreml_reference import CoreMLReference
     from devicetune.model.program import DeviceProgram
 
 PARITY_FILE = "parity.json"
@@ -201,8 +201,8 @@ def coreml_parity(reference: CoreMLReference, program: DeviceProgram,
     one epoch here. ``tflite_weights`` are the LiteRT artifact's untrained `get_weights`.
     ``scratch`` is a folder for the save-and-reload check.
     """
+    from devicetune.device.coreml_reference import CoreMLReference
     from devicetune.export.coreml import updatable_problems
-    from devicetune.export.coreml_reference import CoreMLReference
 
     problems = updatable_problems(reference.spec)
     checks = [Check("coreml.updatable", float(len(problems)), 0.0, not problems,

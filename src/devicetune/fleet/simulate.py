@@ -7,7 +7,6 @@ devices.csv, summary.json) and ``artifacts/``, the build the devices run.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,8 +19,10 @@ from devicetune.atomic import atomic_write_bytes, atomic_write_json
 from devicetune.config import DevicetuneConfig, PersonalizationConfig, to_toml
 from devicetune.data.labeled import LabeledData
 from devicetune.data.sources import FleetInput
-from devicetune.device.runtime import DeviceRuntime
+from devicetune.device.runtime import DeviceRuntime, open_runtimes
 from devicetune.errors import ConfigError, PrivacyBudgetExceeded
+from devicetune.fleet.evaluation import global_evaluator, personalization_population
+from devicetune.fleet.flower_log import quiet_flower
 from devicetune.fleet.personalize import naive, personalization_method, personalize
 from devicetune.fleet.population import DeviceProfile, LocalData, Population
 from devicetune.run_files import (
@@ -283,31 +284,6 @@ def _run_flower_engine(config: DevicetuneConfig, out_dir: Path, artifacts: Path,
         return [saved[name] for name in saved.files]
 
 
-def quiet_flower() -> None:
-    """Flower logs every sampling and aggregation at INFO, and warns that federated
-    evaluation is off (devicetune evaluates itself); a simulation of thousands of rounds
-    needs its progress bar, not that. Flower sets its level on import, so this must come
-    after importing it."""
-    import flwr.common.logger  # noqa: F401
-
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-
-
-def open_runtimes(artifacts: Path, platform_mix: dict[str, float], learning_rate: float
-                  ) -> dict[str, DeviceRuntime]:
-    """One runtime per platform present in the fleet, over the build's artifacts."""
-    from devicetune.device.runtime import LiteRTDevice
-
-    runtimes: dict[str, DeviceRuntime] = {}
-    if platform_mix.get("android", 0) > 0:
-        runtimes["android"] = LiteRTDevice(artifacts / "model.tflite", learning_rate)
-    if platform_mix.get("ios", 0) > 0:
-        from devicetune.device.coreml import CoreMLDevice
-
-        runtimes["ios"] = CoreMLDevice(artifacts / "Model.mlmodel", learning_rate)
-    return runtimes
-
-
 def _artifacts(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
                given: Path | None, progress: Progress, data: FleetInput | None,
                pretrain_data: LabeledData | None) -> Path:
@@ -335,67 +311,6 @@ def _check_fits(population: Population, artifacts: Path) -> None:
         raise ConfigError(f"the artifacts in {artifacts} take examples of shape "
                           f"{manifest.input_shape}, the fleet's data has "
                           f"{list(population.source.example_shape)}")
-
-
-def global_evaluator(config: DevicetuneConfig, population: Population,
-                     runtime: DeviceRuntime, data_dir: Path, data: FleetInput | None = None
-                     ) -> Callable[[list[np.ndarray]], dict[str, Any]]:
-    """Global accuracy on the future data of a fixed sample of devices (features are
-    computed once: the backbone is frozen). The devices are those personalization is
-    measured on: when they are other people than the fleet's, the set is held out."""
-    assert config.fleet is not None
-    population, _ = personalization_population(config, population, data_dir, data)
-    features, labels, platforms, tiers = [], [], [], []
-    for device_id in population.sample_ids(config.fleet.eval_devices, salt=0):
-        test = population.local_data(device_id).test
-        profile = population.profile(device_id)
-        features.append(runtime.features(test.x))
-        labels.append(test.y)
-        platforms += [profile.platform] * len(test)
-        tiers += [profile.tier] * len(test)
-    x, y = np.concatenate(features), np.concatenate(labels)
-    cohorts = {"by_platform": np.array(platforms), "by_tier": np.array(tiers)}
-
-    def evaluate(weights: list[np.ndarray]) -> dict[str, Any]:
-        """Overall loss and accuracy, and accuracy per platform and per compute tier
-        (the cohorts a new version must not regress)."""
-        runtime.set_weights(weights)
-        loss, accuracy = runtime.evaluate(x, y)
-        result: dict[str, Any] = {"accuracy": accuracy, "loss": loss}
-        for key, members in cohorts.items():
-            result[key] = {str(c): runtime.evaluate(x[members == c], y[members == c])[1]
-                           for c in np.unique(members)}
-        return result
-
-    return evaluate
-
-
-def personalization_population(config: DevicetuneConfig, fleet_population: Population,
-                               data_dir: Path, data: FleetInput | None = None
-                               ) -> tuple[Population, list[int]]:
-    """The devices personalization is measured on (with their own test fraction), and
-    which of them to use."""
-    assert config.fleet is not None
-    spec = config.fleet.personalization
-    population = fleet_population
-    if spec.subjects:
-        if data is not None and not isinstance(data, LabeledData):
-            raise ConfigError("fleet.personalization.subjects picks users of a pooled "
-                              "dataset; with a DeviceDataSource given in Python, leave it "
-                              "empty (the source's own devices personalise)")
-        fleet = config.fleet.model_copy(update={
-            "devices": len(spec.subjects),
-            "data": config.fleet.data.model_copy(update={"subjects": spec.subjects,
-                                                         "partition": "natural"}),
-        })
-        classes = config.model.classes if config.model is not None else None
-        population = Population.from_config(fleet, config.seed, data_dir, data=data,
-                                            class_names=classes,
-                                            test_fraction=spec.test_fraction)
-    elif spec.test_fraction is not None:
-        population = Population(config.fleet, fleet_population.source, config.seed,
-                                spec.test_fraction)
-    return population, population.sample_ids(spec.max_devices, salt=1)
 
 
 def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,

@@ -106,9 +106,9 @@ class _DeviceSide:
 @cache
 def _device_side(settings: AppSettings) -> _DeviceSide:
     from devicetune.config import load_config
+    from devicetune.device.runtime import open_runtimes
     from devicetune.fleet.features import FeatureCache
     from devicetune.fleet.population import Population
-    from devicetune.fleet.simulate import open_runtimes
 
     config = load_config(settings.config)
     config.require("model", "fleet", command="the devicetune ClientApp")

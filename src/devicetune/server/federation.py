@@ -11,17 +11,26 @@ state (`devicetune.server.state`). How the run ended goes into ``outcome.json``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from devicetune.atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
+    from devicetune.artifacts.emit import VersionEmitter
+    from devicetune.config import DevicetuneConfig, ServerConfig
+    from devicetune.server.apps import AppSettings
+    from devicetune.server.loop import Evaluate, FederatedLoop, RoundRecord
 
 log = logging.getLogger("devicetune.server")
 
@@ -35,7 +44,8 @@ _LOCK_WAIT_S = 15.0
 _SETTLE_S = 10.0
 
 
-def run_server(grid: Any, settings: Any, announce: bool = False) -> list[np.ndarray]:
+def run_server(grid: Grid, settings: AppSettings, announce: bool = False
+               ) -> list[np.ndarray]:
     """Run the configured rounds over ``grid``; write metrics, state and the final
     weights into ``settings.out_dir``; return the final weights.
 
@@ -45,9 +55,9 @@ def run_server(grid: Any, settings: Any, announce: bool = False) -> list[np.ndar
     of `flwr run` or `serve`, not one in a caller's process) logs each round into
     ``server.log`` and onto stderr.
     """
-    if getattr(settings, "serve_pid", 0):
+    if settings.serve_pid:
         _die_with(settings.serve_pid)
-    if announce or getattr(settings, "serve_pid", 0):
+    if announce or settings.serve_pid:
         # server.log, and stderr: `serve` keeps it in superlink.log, `flwr run --stream`
         # shows it (joins, each round, versions, rejected updates).
         _log_to_run_folder(Path(settings.out_dir))
@@ -58,16 +68,19 @@ def run_server(grid: Any, settings: Any, announce: bool = False) -> list[np.ndar
         raise
 
 
-def _run(grid: Any, settings: Any) -> list[np.ndarray]:
+def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     from devicetune.artifacts.manifest import sha256_file
     from devicetune.config import load_config
+    from devicetune.device.runtime import open_runtimes
     from devicetune.errors import PrivacyBudgetExceeded
+    from devicetune.fleet.evaluation import global_evaluator
+    from devicetune.fleet.flower_log import quiet_flower
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
-    from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
     from devicetune.server.acceptance import acceptance_check
     from devicetune.server.device_keys import read_nodes
     from devicetune.server.fleet_grid import FleetGrid
+    from devicetune.server.gateway_grid import GatewayGrid, start_gateway
     from devicetune.server.loop import FederatedLoop
     from devicetune.server.private import private_setup
     from devicetune.server.quorum import QuorumFailure, QuorumPolicy, run_round_with_quorum
@@ -80,6 +93,7 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     if hasattr(settings, "configured"):
         config = settings.configured(config)
     config.require("model", "fleet", command="the devicetune ServerApp")
+    assert config.model is not None and config.fleet is not None
     check_serve_config(config)
     population = Population.from_config(config.fleet, config.seed, settings.data_dir,
                                         class_names=config.model.classes)
@@ -105,11 +119,18 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
     policy = QuorumPolicy.from_config(config.server)
     out = Path(settings.out_dir)
     artifact_sha256 = sha256_file(Path(settings.artifacts) / "model.tflite")
-    with hold_run_folder(out, wait_s=_LOCK_WAIT_S):
+    with hold_run_folder(out, wait_s=_LOCK_WAIT_S), contextlib.ExitStack() as stack:
         first = _start(out, bool(getattr(settings, "resume", False)), loop, config.server,
                        artifact_sha256)
-        fleet = FleetGrid(grid, population, policy.round_timeout_s,
-                          registered=read_nodes(out) if config.server.device_keys else None)
+        supernodes = FleetGrid(grid, population, policy.round_timeout_s,
+                               registered=read_nodes(out) if config.server.device_keys
+                               else None)
+        fleet: FleetGrid | GatewayGrid = supernodes
+        if config.server.gateway.enabled:  # HTTP devices beside the SuperNodes
+            fleet, gateway_server = start_gateway(config, out, Path(settings.artifacts),
+                                                  loop.names, supernodes)
+            stack.callback(gateway_server.stop)
+            loop.over_selection = config.server.gateway.over_selection
         joined = fleet.wait_for_devices(min(config.server.devices_per_round,
                                             population.devices), policy.join_timeout_s)
         log.info("%d devices joined; rounds %d to %d", joined, first, config.server.rounds)
@@ -130,12 +151,15 @@ def _run(grid: Any, settings: Any) -> list[np.ndarray]:
                 outcome.update(status="stopped", message=result.describe())
                 log.error("%s", result.describe())
                 break
+            if isinstance(fleet, GatewayGrid):  # refused reports, in the round's row
+                result.extra.update(fleet.gateway.counters())
             _commit_round(out, result, loop, config.server.strategy, artifact_sha256)
             log.info("%s", describe_round(result.to_dict(), config.server.rounds))
             outcome["last_round"] = server_round
             if emitter is not None and server_round % config.emit.every_rounds == 0:
                 _emit(emitter, config, loop, evaluate, server_round)
-        np.savez(out / "global_weights.npz", **dict(zip(loop.names, loop.weights, strict=True)))
+        np.savez(out / "global_weights.npz",
+                 **dict(zip(loop.names, loop.weights, strict=True)))  # type: ignore[arg-type]
         atomic_write_json(out / OUTCOME_FILE, outcome)  # last: `serve` waits for it
         _finished.set()
     return loop.weights
@@ -152,7 +176,7 @@ def describe_round(row: dict[str, Any], rounds: int) -> str:
             f"({row['wall_s']:.1f} s)")
 
 
-def check_serve_config(config: Any) -> None:
+def check_serve_config(config: DevicetuneConfig) -> None:
     """Refuse what the served federation cannot honour (user errors, one line)."""
     from devicetune.errors import ConfigError
     from devicetune.server.secagg import check_secagg_config
@@ -171,9 +195,26 @@ def check_serve_config(config: Any) -> None:
     if config.server.secagg and config.server.acceptance_tolerance is not None:
         raise ConfigError("server.acceptance_tolerance is not run on the SecAgg+ path; "
                           "remove it or set server.secagg = false")
+    if config.server.gateway.enabled:
+        from devicetune.server.gateway import read_enrollment_token
+
+        if config.server.secagg:
+            raise ConfigError("server.secagg = true runs Flower's SecAgg+ between "
+                              "SuperNodes, which HTTP devices do not speak; turn off "
+                              "server.gateway.enabled or server.secagg")
+        if config.privacy.mode != "off":
+            # DP-FedAvg divides by q x fleet.devices, the simulated fleet SuperNodes
+            # play; HTTP devices would need q over the enrolled devices as well.
+            raise ConfigError("server.gateway.enabled = true with privacy.mode = "
+                              f"{config.privacy.mode!r} is not supported yet (the sampling "
+                              "rate would not count HTTP devices); turn one of them off")
+        if config.server.gateway.port == config.server.port:
+            raise ConfigError(f"server.gateway.port = {config.server.gateway.port} is "
+                              "the SuperLink's server.port; choose another")
+        read_enrollment_token(config.server.gateway.enrollment_token_file)
 
 
-def _initial_weights(config: Any, artifact: list[np.ndarray]) -> list[np.ndarray]:
+def _initial_weights(config: DevicetuneConfig, artifact: list[np.ndarray]) -> list[np.ndarray]:
     """The artifact's head, or a fresh one when the federation learns it from scratch."""
     if config.server.initial_head == "fresh":
         from devicetune.model.head import fresh_like
@@ -182,7 +223,8 @@ def _initial_weights(config: Any, artifact: list[np.ndarray]) -> list[np.ndarray
     return artifact
 
 
-def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str) -> int:
+def _start(out: Path, resume: bool, loop: FederatedLoop, server: ServerConfig,
+           artifact_sha256: str) -> int:
     """Prepare ``out`` for the first round to run, and return its number."""
     from devicetune.run_files import METRICS_FILE
     from devicetune.server.state import (
@@ -210,7 +252,7 @@ def _start(out: Path, resume: bool, loop: Any, server: Any, artifact_sha256: str
     return state.round + 1
 
 
-def _restore_privacy(loop: Any, saved: dict[str, Any] | None, out: Path) -> None:
+def _restore_privacy(loop: FederatedLoop, saved: dict[str, Any] | None, out: Path) -> None:
     """Continue the committed ledger, so epsilon never goes down across a crash."""
     from devicetune.errors import ServerError
     from devicetune.privacy.ledger import PrivacyLedger
@@ -220,12 +262,14 @@ def _restore_privacy(loop: Any, saved: dict[str, Any] | None, out: Path) -> None
         raise ServerError(f"{out / 'server_state.npz'}: this run was committed without a "
                           "privacy ledger but the config turns DP on; resume it with the "
                           "same [privacy] section, or start a new run folder")
+    assert loop.privacy is not None
     ledger = PrivacyLedger.from_dict(saved["ledger"])
     loop.privacy = PrivacyGuard(loop.privacy.privacy, loop.privacy.sampling_rate, ledger)
-    loop.strategy.restore(saved.get("aggregation", {}))
+    loop.dp_aggregation.restore(saved.get("aggregation", {}))
 
 
-def _emitter(config: Any, settings: Any, out: Path, loop: Any, evaluate: Any) -> Any:
+def _emitter(config: DevicetuneConfig, settings: AppSettings, out: Path,
+             loop: FederatedLoop, evaluate: Evaluate) -> VersionEmitter | None:
     """The version emitter when ``[emit]`` is on (the build is published as version 1,
     measured with the weights the fleet starts from)."""
     if not config.emit.enabled:
@@ -237,7 +281,8 @@ def _emitter(config: Any, settings: Any, out: Path, loop: Any, evaluate: Any) ->
     return VersionEmitter(config, Path(settings.artifacts), out, evaluate(start))
 
 
-def _emit(emitter: Any, config: Any, loop: Any, evaluate: Any, server_round: int) -> None:
+def _emit(emitter: VersionEmitter, config: DevicetuneConfig, loop: FederatedLoop,
+          evaluate: Evaluate, server_round: int) -> None:
     """Offer the round's global model as the next version: the privacy gate first."""
     from devicetune.artifacts.manifest import PrivacyEntry
     from devicetune.errors import DevicetuneError, PrivacyBudgetExceeded
@@ -254,7 +299,7 @@ def _emit(emitter: Any, config: Any, loop: Any, evaluate: Any, server_round: int
                 epsilon=spent.of(config.privacy.accountant), delta=config.privacy.delta,
                 accountant=config.privacy.accountant,
                 noise_multiplier=config.privacy.noise_multiplier,
-                clip_norm=loop.strategy.clip_norm, rounds=loop.privacy.accountant.rounds,
+                clip_norm=loop.dp_aggregation.clip_norm, rounds=loop.privacy.accountant.rounds,
                 sampling_rate=loop.privacy.sampling_rate)
     try:
         outcome = emitter.emit(server_round, loop.weights, evaluate(loop.weights), entry,
@@ -269,7 +314,7 @@ def _emit(emitter: Any, config: Any, loop: Any, evaluate: Any, server_round: int
                     outcome.reason)
 
 
-def _commit_round(out: Path, record: Any, loop: Any, strategy_name: str,
+def _commit_round(out: Path, record: RoundRecord, loop: FederatedLoop, strategy_name: str,
                   artifact_sha256: str) -> None:
     """Append the round's metrics, then commit the state: a crash in between leaves a
     row that `trim_metrics` drops on resume, never a committed round without its row."""
@@ -288,7 +333,7 @@ def _commit_round(out: Path, record: Any, loop: Any, strategy_name: str,
         weights=[np.asarray(w, np.float32) for w in loop.weights],
         artifact_sha256=artifact_sha256, optimizer=optimizer_state(loop.strategy),
         privacy=None if loop.privacy is None else {
-            "ledger": loop.privacy.ledger.to_dict(), "aggregation": loop.strategy.state()},
+            "ledger": loop.privacy.ledger.to_dict(), "aggregation": loop.dp_aggregation.state()},
     ))
 
 
@@ -303,7 +348,7 @@ def _log_to_run_folder(out: Path) -> None:
     formatter = logging.Formatter("%(asctime)s devicetune %(levelname)s: %(message)s")
     for handler in (logging.FileHandler(out / LOG_FILE), logging.StreamHandler()):
         handler.setFormatter(formatter)
-        handler.devicetune_run = True  # type: ignore[attr-defined]
+        handler.devicetune_run = True  # type: ignore[union-attr]
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 

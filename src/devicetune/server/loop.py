@@ -9,11 +9,12 @@ and evaluate the new global model. The loop never knows where the devices are.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,7 +31,41 @@ from devicetune.fleet.stages import STAGES
 from devicetune.server.strategies import set_sample_size
 from devicetune.server.validation import update_problem
 
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+
+    from devicetune.fleet.round_updates import RoundUpdates
+    from devicetune.server.acceptance import AcceptanceCheck
+    from devicetune.server.private import PrivacyGuard, PrivateAggregation
+
 log = logging.getLogger("devicetune.server")
+
+
+class RoundGrid(Protocol):
+    """What the loop needs of a grid: Flower's `Grid` sampling and exchange calls.
+
+    A grid may also have ``begin_round(server_round[, sampling_rate=q])`` (freeze the
+    round's online devices) and ``train_round(messages)`` (stacked updates); the loop
+    looks for both. Implementations: the in-process grids (`devicetune.fleet.grid`),
+    `FleetGrid` over a SuperLink, the HTTP gateway's and the hybrid of the two.
+    """
+
+    def get_node_ids(self) -> Iterable[int]: ...
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]: ...
+
+
+class RoundStrategy(Protocol):
+    """What the loop needs of a strategy: a `flwr.serverapp.strategy.Strategy`'s two
+    training calls (`PrivateAggregation` wraps one and has them too)."""
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord,
+                        config: ConfigRecord, grid: RoundGrid) -> Iterable[Message]: ...
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]: ...
+
 
 Evaluate = Callable[[list[np.ndarray]], dict[str, Any]]
 
@@ -75,9 +110,12 @@ class FederatedLoop:
             round, Poisson sampling of devices, the ledger after a released aggregate.
         accept: an `AcceptanceCheck`, ``(current, candidate) -> (commit?, accuracy)``:
             an aggregate it refuses is not committed (the record says ``accepted``).
+        over_selection: sample this many times ``devices_per_round`` (a grid that
+            closes a round at ``devices_per_round`` replies, the gateway's, then does
+            not wait for the slowest devices); not under DP, which samples by coin flips.
     """
 
-    strategy: Any
+    strategy: RoundStrategy
     names: list[str]
     weights: list[np.ndarray]
     devices_per_round: int
@@ -87,12 +125,13 @@ class FederatedLoop:
     seed: int = 0
     round_timeout_s: float | None = None
     min_devices: int = 1
-    privacy: Any = None
-    accept: Any = None
+    privacy: PrivacyGuard | None = None
+    accept: AcceptanceCheck | None = None
+    over_selection: float = 1.0
     # Per device that trained with DP-SGD: (steps so far, local examples).
     device_dp_steps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
-    def run_round(self, grid: Any, server_round: int, attempt: int = 0) -> RoundRecord:
+    def run_round(self, grid: RoundGrid, server_round: int, attempt: int = 0) -> RoundRecord:
         """One attempt at ``server_round`` (a retry, ``attempt`` > 0, samples afresh)."""
         from flwr.app import ConfigRecord
 
@@ -108,8 +147,9 @@ class FederatedLoop:
                 grid.begin_round(server_round, sampling_rate=sampling_rate)
         online = len(list(grid.get_node_ids()))
         # Under DP the grid already chose the round's devices by Poisson sampling.
+        wanted = math.ceil(self.devices_per_round * self.over_selection - 1e-9)
         set_sample_size(self.strategy, online if sampling_rate is not None
-                        else min(self.devices_per_round, online))
+                        else min(wanted, online))
         # Flower samples with the `random` module; seed it per round for reproducibility.
         random.seed(hash((self.seed, server_round)) if attempt == 0
                     else hash((self.seed, server_round, attempt)))
@@ -163,7 +203,7 @@ class FederatedLoop:
                 # Released (and judged) from the devices' updates: account it either way.
                 if self.privacy is not None:
                     extra.update(self.privacy.after_round(server_round,
-                                                          self.strategy.last["clip_norm"]))
+                                                          self._clip_norm()))
         with STAGES.timed("evaluation"):
             evaluation = self.evaluate(self.weights)
         return RoundRecord(
@@ -178,11 +218,24 @@ class FederatedLoop:
     def _rewind_server_optimizer(self) -> None:
         """A strategy that keeps the model it last produced (FedAvgM, FedAdam) goes back
         to the committed one, so its next pseudo-gradient is taken from there."""
-        inner = getattr(self.strategy, "inner", self.strategy)
+        inner: Any = getattr(self.strategy, "inner", self.strategy)
         if getattr(inner, "current_arrays", None) is not None:
             inner.current_arrays = weights_to_record(self.names, self.weights)
 
-    def _validate_stacked(self, updates: Any) -> tuple[Any, int, list[float]]:
+    @property
+    def dp_aggregation(self) -> PrivateAggregation:
+        """The strategy as DP-FedAvg, which it is while ``privacy`` is on."""
+        from devicetune.server.private import PrivateAggregation
+
+        assert isinstance(self.strategy, PrivateAggregation), "privacy is off"
+        return self.strategy
+
+    def _clip_norm(self) -> float:
+        """The clip norm DP-FedAvg used this round."""
+        return float(self.dp_aggregation.last["clip_norm"])
+
+    def _validate_stacked(self, updates: RoundUpdates
+                          ) -> tuple[RoundUpdates, int, list[float]]:
         """`_validate` for a grid's stacked `RoundUpdates`."""
         problems = updates.problems(self.names, self.weights, self.max_update_norm)
         for problem, device in zip(problems, updates.metrics["device-id"], strict=True):
@@ -199,7 +252,7 @@ class FederatedLoop:
                 self.device_dp_steps[int(device)] = (steps + int(steps_now), int(examples))
         return updates, int((~keep).sum()), metrics["train-loss"].tolist()
 
-    def _validate(self, replies: list[Any]) -> tuple[list[Any], int, list[float]]:
+    def _validate(self, replies: list[Message]) -> tuple[list[Message], int, list[float]]:
         valid, rejected, losses = [], 0, []
         for reply in replies:
             source = reply.metadata.src_node_id
@@ -207,7 +260,7 @@ class FederatedLoop:
             problem = update_problem(names, weights, self.names, self.weights,
                                      self.max_update_norm)
             if problem is not None:
-                device = reply.content[METRICS].get("device-id") \
+                device: Any = reply.content[METRICS].get("device-id") \
                     if METRICS in reply.content.metric_records else None
                 who = f"device {int(device)} (node {source})" if device is not None \
                     else f"node {source}"
@@ -215,11 +268,11 @@ class FederatedLoop:
                 rejected += 1
                 continue
             valid.append(reply)
-            metrics = reply.content[METRICS]
+            metrics: Any = reply.content[METRICS]  # Flower types its values loosely
             losses.append(float(metrics.get("train-loss", np.nan)))
             if "dp-steps" in metrics and "device-id" in metrics:
-                device = int(metrics["device-id"])
-                steps, _ = self.device_dp_steps.get(device, (0, 0))
-                self.device_dp_steps[device] = (steps + int(metrics["dp-steps"]),
+                device_id = int(metrics["device-id"])
+                steps, _ = self.device_dp_steps.get(device_id, (0, 0))
+                self.device_dp_steps[device_id] = (steps + int(metrics["dp-steps"]),
                                                 int(metrics[NUM_EXAMPLES]))
         return valid, rejected, losses

@@ -90,6 +90,8 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
 
         return ServeResult(out_dir, read_outcome(out_dir) or {}, _rows(out_dir / METRICS_FILE))
     check_port_free(config.server.host, config.server.port)
+    if config.server.gateway.enabled:
+        check_port_free(config.server.host, config.server.gateway.port)
     artifacts = _artifacts(config, out_dir, data_dir, artifacts, resume, say)
     if resume:
         _check_state_fits(out_dir, config.server.strategy, artifacts)
@@ -114,6 +116,10 @@ def serve(config_path: Path, out_dir: Path, data_dir: Path, *, resume: bool = Fa
                 "join with --auth-key")
         say(f"devices join with: devicetune device {config_path} --superlink "
             f"{superlink.address} --device-id K")
+        if config.server.gateway.enabled:
+            scheme = "http" if config.server.insecure else "https"
+            say(f"apps join over HTTP: {scheme}://{config.server.host}:"
+                f"{config.server.gateway.port}/v1/enroll (protocol v1, described at /docs)")
         run_id = _submit(app_dir, flwr_home, superlink.address, transport)
         say(f"run {run_id}: {'resuming at' if resume else 'starting with'} round "
             f"{first_round} of {config.server.rounds}")

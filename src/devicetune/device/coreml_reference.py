@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from devicetune.device.coreml_files import load_spec, write_spec
+from devicetune.device.coreml_layers import InnerProduct, compile_layer, run_layers
+from devicetune.device.coreml_training import DenseHead, Optimizer, UpdateParameters, train
 from devicetune.errors import ArtifactError, ExportError
-from devicetune.export.coreml_files import load_spec, write_spec
-from devicetune.export.coreml_layers import InnerProduct, compile_layer, run_layers
-from devicetune.export.coreml_training import DenseHead, Optimizer, UpdateParameters, train
 from devicetune.model.class_mask import class_logit_offset
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from devicetune.export.coreml_layers import Kernel, unsupported, weights
+from devicetune.device.coreml_layers import Kernel, unsupported, weights
 
 
 def _same_padding(size: int, kernel: int, stride: int, top_left_heavy: bool

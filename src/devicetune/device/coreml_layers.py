@@ -383,7 +383,7 @@ _COMPILERS: dict[str, Callable[[Any, str], Kernel]] = {
 @functools.cache
 def _compilers() -> dict[str, Callable[[Any, str], Kernel]]:
     # Imported here: the spatial kernels use this module's helpers.
-    from devicetune.export.coreml_spatial import convolution, padding, pooling
+    from devicetune.device.coreml_spatial import convolution, padding, pooling
 
     return {**_COMPILERS, "convolution": convolution, "pooling": pooling,
             "padding": padding}

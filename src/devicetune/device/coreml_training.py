@@ -59,7 +59,7 @@ class DenseHead:
         Raises:
             ExportError: a layer on the way is not an inner product, a ReLU or the softmax.
         """
-        from devicetune.export.coreml_layers import weights
+        from devicetune.device.coreml_layers import weights
 
         consumers = {name: layer for layer in layers for name in layer.input}
         chain: list[DenseLayer] = []
