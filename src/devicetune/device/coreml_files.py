@@ -21,6 +21,10 @@ from devicetune.errors import ArtifactError
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2
 
+# The frozen inner product before the softmax through which an iPhone restricts the
+# softmax to its classes (server.class_mask): the builder names it, the runtime finds it.
+CLASS_OFFSET = "class_offset"
+
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:

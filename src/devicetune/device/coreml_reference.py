@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from devicetune.device.coreml_files import load_spec, write_spec
+from devicetune.device.coreml_files import CLASS_OFFSET, load_spec, write_spec
 from devicetune.device.coreml_layers import InnerProduct, compile_layer, run_layers
 from devicetune.device.coreml_training import DenseHead, Optimizer, UpdateParameters, train
 from devicetune.errors import ArtifactError, ExportError
@@ -245,8 +245,6 @@ class CoreMLReference:
     # --------------------------------------------------------------------- helpers
 
     def _class_offset(self) -> Any:
-        from devicetune.export.coreml import CLASS_OFFSET
-
         for layer in self._head.layers:
             if layer.name == CLASS_OFFSET and not layer.trainable:
                 return layer

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devicetune.artifacts.manifest import CoreMLEntry, KNNEntry, RangeEntry, sha256_file
-from devicetune.device.coreml_files import import_coremltools, quiet, write_spec
+from devicetune.device.coreml_files import CLASS_OFFSET, import_coremltools, quiet, write_spec
 from devicetune.errors import ExportError
 
 if TYPE_CHECKING:
@@ -54,7 +54,6 @@ LABEL = "label"
 LOSS = "loss"
 KNN_DEFAULT_LABEL = "unknown"
 LOSS_NAME = "categorical_cross_entropy"
-CLASS_OFFSET = "class_offset"  # the frozen inner product that restricts the softmax
 # Ranges the app may tune within (MLModelConfiguration.parameters); the defaults come
 # from the HeadSpec and always lie inside.
 MAX_BATCH_SIZE = 1024
