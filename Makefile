@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/devicetune simulate simulations/quickstart.toml --out out/quickstart
+	$(VENV)/bin/devicetune simulate simulations/quickstart.toml --out out/quickstart --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest

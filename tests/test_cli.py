@@ -54,6 +54,13 @@ def test_missing_dataset_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "har.npz: not found" in result.stderr
 
 
+def test_a_mistyped_command_is_suggested_once() -> None:
+    for argv, suggestion in ((["simulat"], "'simulate'"), (["data", "inspct"], "'inspect'")):
+        result = run_cli(*argv)
+        assert result.returncode == 2
+        assert result.stderr.count(f"Did you mean {suggestion}?") == 1, result.stderr
+
+
 def test_usage_error_exits_2() -> None:
     result = run_cli("fleet")
     assert result.returncode == 2

@@ -124,7 +124,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
 MALFORMED = [
     # (config text, the field the message must name, words it must contain)
     ("[fleet]\ndevices = -3\n", "fleet.devices", "-3"),
-    ("[fleet]\ndevices = 10\ncolour = 'red'\n", "fleet.colour", "allowed keys"),
+    ("[fleet]\ndevices = 10\ncolour = 'red'\n", "fleet.colour", "allowed in [fleet]"),
     (BUILD.replace('type = "mlp"', 'type = "transformer"'), "model.head.type",
      "'linear' or 'mlp'"),
     (BUILD.replace('name = "sgd"', 'name = "rmsprop"'), "model.optimizer.name", "'adam'"),
@@ -163,6 +163,30 @@ def test_malformed_config_fails_with_one_line_naming_file_and_field(
     assert message.startswith(str(path))
     assert field in message
     assert words in message
+
+
+UNKNOWN_FIRST = [
+    # A typo'd section also makes the real one look missing: the typo is named first.
+    ('[model]\nclasses = ["a", "b"]\n[fleat]\ndevices = 3\n',
+     "unknown section [fleat] (did you mean 'fleet'?)"),
+    ("[fleet]\ndevices = 0\ndevise = 4\n",
+     "unknown key fleet.devise (did you mean 'devices'?); allowed in [fleet]: "),
+    ("[fleet]\ndevices = 3\n[fleet.personalisation]\nepochs = 3\n",
+     "unknown section [fleet.personalisation] (did you mean 'personalization'?)"),
+    ("[server]\nzzz = 1\n", "unknown key server.zzz; allowed in [server]: "),
+]
+
+
+@pytest.mark.parametrize(("text", "words"), UNKNOWN_FIRST)
+def test_unknown_keys_and_sections_are_reported_first_with_a_suggestion(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: {words}"), message
 
 
 def test_not_toml_names_the_file_and_position(tmp_path: Path) -> None:

@@ -28,3 +28,45 @@ def test_a_bad_devices_row_is_refused(change: dict[str, str]) -> None:
     assert read_device(row).acc_naive is None
     with pytest.raises(ValueError):
         read_device({**row, **change})
+
+
+def test_a_run_folder_is_replaced_only_with_overwrite(tmp_path: Path) -> None:
+    from devicetune.errors import RunFolderError
+    from devicetune.run_files import clear_run_folder
+
+    run = tmp_path / "run"
+    clear_run_folder(run, overwrite=False)  # absent: fine, nothing made
+    run.mkdir()
+    clear_run_folder(run, overwrite=False)  # empty: fine
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "artifacts").mkdir()
+    with pytest.raises(RunFolderError, match="not empty.*--overwrite"):
+        clear_run_folder(run, overwrite=False)
+    with pytest.raises(RunFolderError, match="inside --out"):
+        clear_run_folder(run, overwrite=True, keep=run / "artifacts")
+    assert (run / "metrics.jsonl").exists()
+    clear_run_folder(run, overwrite=True)
+    assert not run.exists()
+
+
+def test_overwrite_refuses_a_folder_that_holds_no_run(tmp_path: Path) -> None:
+    from devicetune.errors import RunFolderError
+    from devicetune.run_files import clear_run_folder
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="holds no run"):
+        clear_run_folder(tmp_path, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(RunFolderError, match="is a file"):
+        clear_run_folder(tmp_path / "notes.txt", overwrite=True)
+
+
+def test_simulate_refuses_an_existing_run_folder(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "config.toml").write_text("seed = 0\n")
+    result = run_cli("simulate", "simulations/quickstart.toml", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: --out {tmp_path} is not empty")
+    assert "--overwrite" in result.stderr
+    assert (tmp_path / "config.toml").read_text() == "seed = 0\n"

@@ -17,6 +17,7 @@ import typer
 
 from devicetune.cli_data import data_app
 from devicetune.cli_options import ConfigArg, DataOpt, OutOpt
+from devicetune.cli_registry import registry_app
 from devicetune.errors import DevicetuneError
 
 _python_showwarning = warnings.showwarning
@@ -28,16 +29,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    suggest_commands=False,  # Click itself suggests; Typer's would say it twice
 )
 keys_app = typer.Typer(help="Key pairs that sign and verify model versions.",
-                       no_args_is_help=True)
-privacy_app = typer.Typer(help="Differential privacy planning.", no_args_is_help=True)
-registry_app = typer.Typer(help="The model registry and its HTTP API.", no_args_is_help=True)
+                       no_args_is_help=True, suggest_commands=False)
+privacy_app = typer.Typer(help="Differential privacy planning.", no_args_is_help=True,
+                          suggest_commands=False)
 app.add_typer(data_app, name="data")
 app.add_typer(keys_app, name="keys")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(registry_app, name="registry")
-
 
 
 def _quiet_tensorflow() -> None:
@@ -87,9 +88,14 @@ def build(config: ConfigArg, out: OutOpt, data: DataOpt = None) -> None:
     from devicetune.export.build import build as build_artifacts
     from devicetune.report.console import console, print_build
 
-    with console.status("building") as status:
+    if console.is_terminal:
+        with console.status("building") as status:
+            result = build_artifacts(cfg, out, resolve_data_dir(data),
+                                     progress=lambda step: status.update(step))
+    else:  # a log or a pipe: each step as a plain line
         result = build_artifacts(cfg, out, resolve_data_dir(data),
-                                 progress=lambda step: status.update(step))
+                                 progress=lambda step: print(step, file=sys.stderr,
+                                                             flush=True))
     print_build(result)
 
 
@@ -106,11 +112,16 @@ def simulate(
     ray_address: Annotated[str | None, typer.Option(
         help="--engine ray or flower on a Ray cluster: its head's HOST:PORT (default: "
         "$RAY_ADDRESS, else a local Ray).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace the run already in --out (default: refuse a non-empty folder).")]
+    = False,
 ) -> None:
     """Simulate a fleet of phones federating and personalising the exported artifacts."""
     from devicetune.config import load_config, resolve_data_dir
+    from devicetune.run_files import clear_run_folder
 
     cfg = load_config(config)
+    clear_run_folder(out, overwrite=overwrite, keep=artifacts)
     ios = cfg.fleet is not None and cfg.fleet.platform_mix.get("ios", 0.0) > 0
     if artifacts is None or engine == "flower" or ios:
         _quiet_tensorflow()  # building, Flower's simulation, coremltools: all import TF
@@ -153,11 +164,15 @@ def device(config: ConfigArg,
            data: DataOpt = None,
            auth_key: Annotated[Path | None, typer.Option(
                help="This device's private key (device-K from `devicetune keys "
-               "devices`), when the server authenticates SuperNodes.")] = None) -> None:
+               "devices`), when the server authenticates SuperNodes.")] = None,
+           patience_s: Annotated[float, typer.Option(
+               help="Exit once the SuperLink has not answered for this many seconds "
+               "(the federation finished, or no server came).")] = 120.0) -> None:
     """Run one simulated device as a Flower SuperNode."""
     from devicetune.server.device import become_device, device_argv
 
-    argv, env = device_argv(config, superlink, device_id, artifacts, data, auth_key)
+    argv, env = device_argv(config, superlink, device_id, artifacts, data, auth_key,
+                            patience_s)
     print(f"device {device_id}: a SuperNode of {superlink}", flush=True)
     become_device(argv, env)
 
@@ -239,146 +254,6 @@ def privacy_plan(
     rows = plan(epsilon, delta, sampling_rate, rounds=rounds,
                 noise_multiplier=noise_multiplier)
     typer.echo(format_plan(rows, epsilon, delta, sampling_rate))
-
-
-@registry_app.command("rollout")
-def registry_rollout(
-    name: Annotated[str, typer.Argument(help="The model.")],
-    root: Annotated[Path, typer.Option(help="Registry folder.")],
-    default: Annotated[int | None, typer.Option(
-        help="Version for devices in no arm (default: the newest).")] = None,
-    arm: Annotated[list[str] | None, typer.Option(
-        help="VERSION:PERCENT[:COHORT], e.g. 4:10 or 4:25:A; repeat for more arms.")]
-    = None,
-) -> None:
-    """Stage a rollout: which share of devices gets which version (stable per device)."""
-    from pydantic import ValidationError
-
-    from devicetune.config import describe_validation_error
-    from devicetune.errors import ConfigError
-    from devicetune.registry import Registry
-    from devicetune.registry.rollout import RolloutArm, RolloutPolicy
-
-    arms = []
-    for text in arm or []:
-        parts = text.split(":")
-        if len(parts) not in (2, 3):
-            raise ConfigError(f"--arm {text!r}: expected VERSION:PERCENT or "
-                              "VERSION:PERCENT:COHORT, e.g. 4:10")
-        try:
-            arms.append(RolloutArm(version=int(parts[0]), percent=float(parts[1]),
-                                   cohort=parts[2] if len(parts) == 3 else None))
-        except (ValueError, ValidationError) as exc:
-            detail = describe_validation_error(exc, None) if isinstance(
-                exc, ValidationError) else str(exc)
-            raise ConfigError(f"--arm {text!r}: {detail}") from None
-    try:
-        policy = RolloutPolicy(default_version=default, arms=arms)
-    except ValidationError as exc:
-        raise ConfigError(f"rollout: {describe_validation_error(exc, None)}") from None
-    Registry(root).set_rollout(name, policy)
-    shares = ", ".join(f"v{a.version} to {a.percent:g}%" + (f" (cohort {a.cohort})"
-                                                             if a.cohort else "")
-                       for a in arms) or "no staged arms"
-    print(f"{name}: {shares}; everyone else gets "
-          f"{'v' + str(default) if default else 'the newest version'}")
-
-
-@registry_app.command("fetch")
-def registry_fetch(
-    name: Annotated[str, typer.Argument(help="The model.")],
-    url: Annotated[str, typer.Option(help="The registry, e.g. http://127.0.0.1:8080.")],
-    public_key: Annotated[Path, typer.Option(help="PEM public key of the release key.")],
-    out: OutOpt,
-    device_id: Annotated[str, typer.Option(
-        help="Fetch the version the rollout gives this device.")] = "",
-    platform: Annotated[str | None, typer.Option(help="android or ios.")] = None,
-    version: Annotated[int | None, typer.Option(
-        help="Fetch this version instead of the device's latest.")] = None,
-    decryption_key: Annotated[Path | None, typer.Option(
-        help="The app's PEM private key, for an encrypted version.")] = None,
-    min_version: Annotated[int | None, typer.Option(
-        help="Refuse any version below this (e.g. the newest one installed): no "
-        "rollback.")] = None,
-    ca_certificate: Annotated[Path | None, typer.Option(
-        help="PEM certificate to trust for an https registry.")] = None,
-) -> None:
-    """Download a version as an app would: the device's latest (or --version), every
-    file checked, the signature verified, decrypted if needed; OUT appears only then."""
-    from devicetune.errors import ConfigError
-    from devicetune.registry import RegistryClient
-
-    if version is None and not device_id:
-        raise ConfigError("give --device-id (its latest under the rollout) or --version")
-    with RegistryClient(url, ca_certificate=ca_certificate) as client:
-        if version is None:
-            answer = client.latest(name, device_id=device_id, platform=platform)
-            version = answer.version
-            print(f"{name}: device {device_id} gets version {version}"
-                  + (f" (cohort {answer.cohort})" if answer.cohort else ""))
-        manifest = client.fetch(name, version, out, public_key=public_key,
-                                decryption_key=decryption_key, min_version=min_version)
-    parent = f" (parent v{manifest.parent_version})" if manifest.parent_version else ""
-    print(f"{name} v{manifest.version}{parent}: signature and hashes verified; "
-          f"{', '.join(sorted(manifest.files))} in {out}")
-
-
-@registry_app.command("serve")
-def registry_serve(
-    root: Annotated[Path, typer.Option(help="Registry folder.")],
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8080,
-    token_file: Annotated[Path | None, typer.Option(
-        help="File holding the publish token (default: $DEVICETUNE_REGISTRY_TOKEN; "
-        "neither: read-only).")] = None,
-    public_key: Annotated[Path | None, typer.Option(
-        help="Accept only versions signed by this PEM public key's pair.")] = None,
-    allow_unsigned: Annotated[bool, typer.Option(
-        help="Serve without --public-key: versions are not verified, and recorded "
-        "unsigned.")] = False,
-    certificate: Annotated[Path | None, typer.Option(
-        help="PEM certificate: serve HTTPS (with --private-key).")] = None,
-    private_key: Annotated[Path | None, typer.Option(
-        help="PEM private key of --certificate.")] = None,
-    insecure: Annotated[bool, typer.Option(
-        help="Allow plain HTTP on a non-loopback --host (the token travels in "
-        "plaintext).")] = False,
-) -> None:
-    """Serve the model registry over HTTP(S)."""
-    import os
-
-    from devicetune.artifacts.keys import load_public_key
-    from devicetune.errors import ConfigError
-    from devicetune.registry import Registry, serve
-    from devicetune.registry.server import is_loopback, tls_options
-
-    if public_key is None and not allow_unsigned:
-        raise ConfigError("give --public-key (the release key's public half) so every "
-                          "published version is verified, or --allow-unsigned to accept "
-                          "versions unverified")
-    tls = tls_options(certificate, private_key)
-    if not tls and not is_loopback(host) and not insecure:
-        raise ConfigError(f"--host {host} is reachable from other machines: give "
-                          "--certificate and --private-key to serve HTTPS, or --insecure "
-                          "to send the publish token in plaintext")
-
-    if token_file is not None:
-        try:
-            token: str | None = token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--token-file {token_file}: {exc.strerror}") from None
-        if not token:
-            raise ConfigError(f"--token-file {token_file} is empty; put the token in it")
-    else:
-        token = os.environ.get("DEVICETUNE_REGISTRY_TOKEN") or None
-    if public_key is not None:
-        load_public_key(public_key)
-    print(f"registry {root}: publishing "
-          f"{'needs the token' if token else 'disabled (no token)'}, "
-          f"{'signed versions only' if public_key else 'UNVERIFIED (--allow-unsigned)'}, "
-          f"{'HTTPS' if tls else 'plain HTTP'}; API docs at /docs", flush=True)
-    serve(Registry(root, public_key=public_key), token=token, host=host, port=port,
-          certificate=certificate, private_key=private_key)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -13,7 +13,8 @@ import typer
 from devicetune.cli_options import DataOpt
 
 data_app = typer.Typer(help="Datasets: inspect a team's file or a fleet; fetch the public "
-                       "originals of the real ones.", no_args_is_help=True)
+                       "originals of the real ones.", no_args_is_help=True,
+                       suggest_commands=False)
 
 
 @data_app.command("inspect")

@@ -25,6 +25,38 @@ VERSIONS_FILE = "versions.jsonl"
 RUN_FILES = (METRICS_FILE, DEVICES_FILE, SUMMARY_FILE, VERSIONS_FILE, CONFIG_FILE)
 
 
+def clear_run_folder(out: Path, *, overwrite: bool, keep: Path | None = None) -> None:
+    """Make ``out`` ready for a new run: absent or empty as it is, or, with
+    ``overwrite``, a previous run folder removed. The rule `serve` and `registry fetch`
+    follow too: what is already there is never replaced silently.
+
+    Raises:
+        RunFolderError: ``out`` is a file, or holds something and ``overwrite`` is not
+            set, or is not a run folder (``overwrite`` removes only a run), or holds
+            ``keep`` (the artifacts about to be run).
+    """
+    import shutil
+
+    from devicetune.errors import RunFolderError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out}: is a file; choose a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise RunFolderError(f"--out {out} is not empty (a previous run?); pass --overwrite "
+                             "to replace it, or choose another --out")
+    if not any((out / name).exists() for name in RUN_FILES):
+        raise RunFolderError(f"--out {out} is not empty and holds no run (no "
+                             f"{CONFIG_FILE}, {METRICS_FILE}); --overwrite replaces only a "
+                             "run folder: choose another --out")
+    if keep is not None and Path(keep).resolve().is_relative_to(out.resolve()):
+        raise RunFolderError(f"--artifacts {keep} is inside --out {out}, which --overwrite "
+                             "would remove; move the build or choose another --out")
+    shutil.rmtree(out)
+
+
 @dataclass(frozen=True)
 class PersonalizationResult:
     """One device of ``devices.csv``: the global model vs its personalised one."""
@@ -40,6 +72,7 @@ class PersonalizationResult:
     kept_global: bool
     acc_naive: float | None = None
     user: str = ""  # the person's id in the data (subject, speaker, user column)
+    blend: float | None = None  # seen_rerank: the personal output's weight (0 = global)
 
     @property
     def gain(self) -> float:
@@ -69,12 +102,14 @@ def read_device(row: dict[str, str]) -> PersonalizationResult:
         KeyError, TypeError, ValueError: the row is incomplete or not numbers.
     """
     naive = (row.get("acc_naive") or "").strip()
+    blend = (row.get("blend") or "").strip()
     device = PersonalizationResult(
         device_id=int(row["device_id"]), platform=row["platform"], tier=row["tier"],
         n_train=int(row["n_train"]), n_test=int(row["n_test"]),
         acc_global=float(row["acc_global"]), acc_personal=float(row["acc_personal"]),
         epochs=int(row["epochs"]), kept_global=row["kept_global"].strip() == "True",
         acc_naive=float(naive) if naive else None, user=(row.get("user") or "").strip(),
+        blend=float(blend) if blend else None,
     )
     if not all(math.isfinite(v) for v in (device.acc_global, device.acc_personal)):
         raise ValueError("accuracy is not a number")

@@ -61,3 +61,17 @@ def test_ios_refuses_what_core_ml_cannot_do(both) -> None:
         ios.fit(features, data.y, 1, np.random.default_rng(0), private=True)
     with pytest.raises(ConfigError, match="proximal"):
         ios.fit(features, data.y, 1, np.random.default_rng(0), proximal_mu=0.1)
+
+
+def test_loading_a_model_prints_nothing_on_stderr(small_artifacts: Path) -> None:
+    """LiteRT's "Created TensorFlow Lite XNNPACK delegate" note stays off the terminal,
+    and what is printed after it still reaches stderr."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from devicetune.device.litert import LiteRTModel\n"
+            "LiteRTModel(sys.argv[1]); LiteRTModel(sys.argv[1])\n"
+            "print('after', file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(small_artifacts / "model.tflite")],
+                            capture_output=True, text=True, check=True)
+    assert result.stderr == "after\n"

@@ -15,7 +15,7 @@ from devicetune.export import verify
 from devicetune.export.build import build
 from tests.conftest import run_cli
 
-SIGNATURES = {"infer", "embed", "train", "train_dp", "evaluate", "get_weights",
+SIGNATURES = {"infer", "embed", "train", "train_dp", "train_masked", "evaluate", "get_weights",
               "set_weights", "configure"}
 
 

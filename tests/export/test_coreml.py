@@ -34,7 +34,8 @@ from tests.export.conftest import examples
 from tests.export.coreml_cases import IDS, VARIANTS, converted
 
 COREML_ROWS = {"coreml.updatable", "coreml.predict", "coreml.features",
-               "coreml.weights_equal_tflite", "coreml.update.1_epoch", "coreml.save_reload"}
+               "coreml.weights_equal_tflite", "coreml.update.1_epoch", "coreml.save_reload",
+               "coreml.update_masked.1_epoch"}
 
 
 @pytest.mark.parametrize("kwargs", VARIANTS, ids=IDS)
@@ -206,7 +207,8 @@ def test_har_build_ships_an_updatable_model_with_parity_rows(har_build) -> None:
     assert entry.parameters["learning_rate"].default == pytest.approx(0.001)
     assert entry.parameters["epochs"].default == 5
     assert {"beta_1", "beta_2", "epsilon"} <= set(entry.parameters)
-    assert entry.knn is None
+    assert entry.knn is None and entry.class_offset_layer == "class_offset"
+    assert entry.class_offset_bias_offset > 0
     assert "coreml.update.1_epoch" in result.stdout
 
     reference = CoreMLReference(out / "Model.mlmodel")

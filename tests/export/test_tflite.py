@@ -32,7 +32,8 @@ def test_variant_is_builtin_only_and_matches_tensorflow(variant, kwargs) -> None
     assert not [op for op in ops if op.startswith("CUSTOM")], ops
     lite = LiteRTModel(v.flatbuffer)
     assert lite.signatures == sorted(["configure", "embed", "evaluate", "get_weights",
-                                      "infer", "set_weights", "train", "train_dp"])
+                                      "infer", "set_weights", "train", "train_dp",
+                                      "train_masked"])
     x, y = examples(v.model.input_shape)
     checks = {c.name: c for c in tflite_parity(v.program(), lite, x, y, steps=100, seed=1)}
     assert checks["tflite.infer"].max_abs_diff <= 1e-5
@@ -42,6 +43,7 @@ def test_variant_is_builtin_only_and_matches_tensorflow(variant, kwargs) -> None
     assert checks["tflite.train.proximal"].passed
     assert checks["tflite.evaluate.loss"].passed and checks["tflite.evaluate.correct"].passed
     assert checks["tflite.train_dp.loss"].passed
+    assert checks["tflite.train_masked"].passed, checks["tflite.train_masked"]
     assert checks["tflite.weights_roundtrip"].max_abs_diff == 0.0
 
 

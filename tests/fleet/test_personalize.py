@@ -46,6 +46,12 @@ def _setup(small_artifacts: Path, data_dir: Path):
     return runtime, pop, runtime.get_weights()
 
 
+def _activations(artifacts: Path) -> list[str]:
+    from devicetune.artifacts.manifest import read_manifest
+
+    return read_manifest(artifacts).tflite.head_activations
+
+
 def test_personalising_one_device_does_not_touch_another(small_artifacts: Path,
                                                          data_dir: Path) -> None:
     runtime, pop, global_weights = _setup(small_artifacts, data_dir)
@@ -57,7 +63,7 @@ def test_personalising_one_device_does_not_touch_another(small_artifacts: Path,
         for k in order:
             rng = np.random.default_rng(k)
             result = personalize(runtime, pop.local_data(k), pop.profile(k), global_weights,
-                                 spec, 0.005, rng)
+                                 spec, 0.005, rng, _activations(small_artifacts))
             out[k] = (result.acc_global, result.acc_personal)
         return out
 
@@ -79,7 +85,8 @@ def test_the_gate_mostly_keeps_the_global_head_when_local_labels_are_noise(
         object.__setattr__(scrambled, "y", rng.integers(0, 6, len(scrambled)))
         noisy = LocalData(train=scrambled, test=local.test)
         gated = personalize(runtime, noisy, pop.profile(k), global_weights,
-                            PersonalizationConfig(epochs=8), 0.005, rng)
+                            PersonalizationConfig(epochs=8), 0.005, rng,
+                            _activations(small_artifacts))
         free = personalize(runtime, noisy, pop.profile(k), global_weights,
                            naive(PersonalizationConfig(epochs=8)), 0.005, rng)
         kept += gated.kept_global
@@ -99,8 +106,9 @@ def test_too_little_data_to_validate_keeps_the_global_head(small_artifacts: Path
     assert len(local.train) < 16  # fewer than two validation blocks
     rng = np.random.default_rng(0)
     gated = personalize(runtime, local, pop.profile(0), global_weights,
-                        PersonalizationConfig(epochs=5), 0.005, rng)
+                        PersonalizationConfig(epochs=5), 0.005, rng, _activations(small_artifacts))
     assert gated.kept_global and gated.epochs == 0
     ungated = personalize(runtime, local, pop.profile(0), global_weights,
-                          PersonalizationConfig(epochs=5, gate=False), 0.005, rng)
+                          PersonalizationConfig(epochs=5, gate=False), 0.005, rng,
+                          _activations(small_artifacts))
     assert not ungated.kept_global and ungated.epochs == 5

@@ -33,8 +33,12 @@ def test_a_small_fleet_writes_the_run_folder(tmp_path: Path, data_dir: Path,
         rows = list(csv.DictReader(handle))
     assert len(rows) == 5
     assert set(rows[0]) >= {"device_id", "platform", "tier", "n_train", "n_test",
-                            "acc_global", "acc_personal"}
+                            "acc_global", "acc_personal", "blend"}
     summary = result.summary
+    # The method personalization used and its resolved settings (the default here).
+    assert summary["personalization_method"]["name"] == "seen_rerank"
+    assert "blend = global_error" in summary["personalization_method"]["settings"]
+    assert "gate_margin = 1.0" in summary["personalization_method"]["settings"]
     assert summary["devices"] == 5 and summary["rounds"] == 2
     for key in ("accuracy_global", "accuracy_personal"):
         assert set(summary[key]) == {"mean", "median", "p10"}

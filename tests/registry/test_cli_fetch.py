@@ -38,6 +38,10 @@ def test_fetch_refuses_another_keys_version_and_writes_nothing(
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "signed by another key" in result.stderr, result.stderr
+    # It names what was fetched, not the scratch folder it was checked in.
+    assert result.stderr.startswith(f"error: har version 1 from {server.url.rstrip('/')}: "
+                                    "signed by another key"), result.stderr
+    assert ".app." not in result.stderr
     assert not (tmp_path / "app").exists()
 
 

@@ -18,6 +18,7 @@ from tests.conftest import PROJECT_ROOT, run_cli
 def test_cli_serves_a_registry_that_takes_the_token_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("file-token\n")
     write_model_folder(tmp_path / "v1")
+    (tmp_path / "root").mkdir()
     process = subprocess.Popen(
         [sys.executable, "-m", "devicetune", "registry", "serve", "--root",
          str(tmp_path / "root"), "--port", "0", "--token-file", str(tmp_path / "token"),
@@ -44,6 +45,16 @@ def test_cli_serves_a_registry_that_takes_the_token_from_a_file(tmp_path: Path) 
         _, rest = process.communicate(timeout=60)
     assert "Application shutdown complete" in rest  # requests in flight were finished
     assert process.returncode == 130  # the shell convention for Ctrl-C
+
+
+def test_cli_refuses_a_root_that_does_not_exist(tmp_path: Path) -> None:
+    result = run_cli("registry", "serve", "--root", str(tmp_path / "typo"),
+                     "--allow-unsigned")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --root {tmp_path / 'typo'}: no such folder (a server "
+                             "with [emit] fills one; to serve an empty registry, create the "
+                             "folder first)\n")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_cli_refuses_an_empty_token_file(tmp_path: Path) -> None:

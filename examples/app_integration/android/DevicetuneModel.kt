@@ -16,7 +16,7 @@ import kotlin.random.Random
 
 /**
  * A devicetune `model.tflite` run with the LiteRT Interpreter through its signatures:
- * `embed` and `infer` for any batch, `train` / `train_dp` / `evaluate` on the static
+ * `embed` and `infer` for any batch, `train` / `train_dp` / `train_masked` / `evaluate` on the static
  * batch of manifest.json with a `mask` for partial batches, `get_weights` / `set_weights`
  * for the personal weights and `configure` for the step size.
  *
@@ -88,6 +88,26 @@ class DevicetuneModel private constructor(
                     mapOf("features" to batch.features, "labels" to batch.labels, "mask" to batch.mask),
                     mapOf("loss" to loss), "train")
             }
+            loss.get(0)
+        }
+
+    /**
+     * [trainStep] with a restricted softmax (`train_masked`, FedRS): only the classes this
+     * phone holds take part, so the classes its past lacks keep the global model's
+     * weights. Use it in federated rounds whose task says `class-mask`.
+     *
+     * @param classMask one float per class of `manifest.classes`: 1 for a class this
+     *   phone has examples of, 0 for one it has not.
+     */
+    fun trainStepMasked(features: List<FloatArray>, labels: IntArray, classMask: FloatArray): Float =
+        synchronized(lock) {
+            require(classMask.size == current.classes.size) { "one mask entry per class" }
+            val batch = staticBatch(features, labels)
+            val loss = FloatBuffer.allocate(1)
+            interpreter.runSignature(
+                mapOf("features" to batch.features, "labels" to batch.labels, "mask" to batch.mask,
+                      "class_mask" to FloatBuffer.wrap(classMask)),
+                mapOf("loss" to loss), "train_masked")
             loss.get(0)
         }
 

@@ -57,6 +57,31 @@ actor DevicetuneModel {
         }
     }
 
+    /// A copy of the downloaded (uncompiled) `.mlmodel` whose softmax is restricted to the
+    /// classes this phone holds (FedRS), for a federated round whose task says
+    /// `class-mask`: -1e4 goes into the frozen `class_offset` bias of every other class,
+    /// so an update leaves their weights as the server sent them. Compile the copy with
+    /// `MLModel.compileModel(at:)` and run `MLUpdateTask` on it as `personalize` does;
+    /// predictions keep using the shipped model (zeros there). Core ML refuses a mask
+    /// input between the updatable layer and the loss, hence a constant in the file.
+    static func restrictedModelFile(_ mlmodel: URL, present: Set<String>,
+                                    manifest: ModelManifest, to target: URL) throws {
+        guard let offset = try manifest.requireCoreML().classOffsetBiasOffset else {
+            throw InvalidModelError("this model version has no class_offset layer; "
+                + "train it without a class mask")
+        }
+        var data = try Data(contentsOf: mlmodel)
+        let words = manifest.classes.map {
+            (present.contains($0) ? Float(0) : Float(-1.0e4)).bitPattern.littleEndian
+        }
+        let size = words.count * MemoryLayout<UInt32>.size
+        guard offset >= 0, offset + size <= data.count else {
+            throw InvalidModelError("class_offset_bias_offset \(offset) is outside the model file")
+        }
+        words.withUnsafeBytes { data.replaceSubrange(offset..<offset + size, with: $0) }
+        try data.write(to: target, options: .atomic)
+    }
+
     /// The class label and probabilities for one example.
     func predict(_ input: [Float]) throws -> Prediction {
         let features = try MLDictionaryFeatureProvider(dictionary: [

@@ -107,10 +107,15 @@ struct CoreMLEntry: Decodable, Sendable {
     let trainingInputs: [String]
     /// learning_rate, batch_size, epochs, and the optimizer's own: default and allowed range.
     let parameters: [String: RangeEntry]
+    /// Where the frozen `class_offset` layer's bias starts in the `.mlmodel` file: one
+    /// little-endian Float32 per class (nil: a build without it). See
+    /// `DevicetuneModel.restrictedModelFile`.
+    let classOffsetBiasOffset: Int?
 
     enum CodingKeys: String, CodingKey {
         case file, sha256, parameters
         case trainingInputs = "training_inputs"
+        case classOffsetBiasOffset = "class_offset_bias_offset"
     }
 }
 

@@ -86,6 +86,13 @@ class CoreMLEntry(_Strict):
     training_inputs: list[str] = Field(default_factory=list)
     shuffle: bool = Field(True, description="examples are shuffled every epoch")
     knn: KNNEntry | None = None
+    class_offset_layer: str | None = Field(
+        None, description="frozen inner product before the softmax: its bias, 0 for a "
+                          "class the device holds and -1e4 for one it lacks, restricts "
+                          "an update to the device's classes (FedRS)")
+    class_offset_bias_offset: int | None = Field(
+        None, ge=0, description="byte offset of that bias in the .mlmodel file: one "
+                                "little-endian float32 per class, to write before compiling")
 
 
 class PrivacyEntry(_Strict):

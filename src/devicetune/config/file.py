@@ -40,6 +40,14 @@ class DevicetuneConfig(Section):
             if self.privacy.device.enabled:
                 raise ValueError("privacy.device.enabled needs an all-android fleet: Core "
                                  "ML updates cannot clip per-example gradients")
+        if self.server.class_mask and self.privacy.device.enabled:
+            raise ValueError("server.class_mask: the restricted-softmax step has no DP-SGD "
+                             "variant; turn privacy.device off or class_mask off")
+        if self.server.acceptance_tolerance is not None and (
+                self.model is None or self.model.backbone.pretrain is None):
+            raise ValueError("server.acceptance_tolerance checks each round on the "
+                             "server's own labelled data, the pretraining set: configure "
+                             "[model.backbone.pretrain] or remove the tolerance")
         return self
 
     def require(self, *sections: str, command: str) -> None:
@@ -91,15 +99,19 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> DevicetuneC
 
 
 def describe_validation_error(exc: ValidationError, source: Path | None) -> str:
-    """One line: file, field, bad value, what is allowed (first error, count of others)."""
-    errors = exc.errors(include_url=False)
+    """One line: file, field, bad value, what is allowed (first error, count of others).
+
+    An unknown key or section comes first, whatever pydantic's order: a typo such as
+    ``[fleat]`` also makes ``fleet`` look missing, and the typo is the mistake to show.
+    """
+    errors = sorted(exc.errors(include_url=False),
+                    key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     field = ".".join(str(part) for part in first["loc"]) or "(top level)"
     where = f"{source}: " if source is not None else ""
     kind = first["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(first["loc"])
-        message = f"{field} is not a known key; allowed keys: {allowed}"
+        message = _unknown_key(first["loc"], first.get("input"))
     elif kind == "missing":
         message = f"{field} is required"
     else:
@@ -114,6 +126,23 @@ def describe_validation_error(exc: ValidationError, source: Path | None) -> str:
     if more:
         message += f" (and {more} more error{'s' if more > 1 else ''})"
     return where + message
+
+
+def _unknown_key(loc: tuple[int | str, ...], value: Any) -> str:
+    """``unknown section 'fleat' (did you mean 'fleet'?); allowed ...``."""
+    import difflib
+
+    model = _section_at(loc[:-1]) or DevicetuneConfig
+    names = sorted(name for name, f in model.model_fields.items() if not f.exclude)
+    name = str(loc[-1])
+    parent = ".".join(str(part) for part in loc[:-1])
+    what = "section" if isinstance(value, dict) else "key"
+    dotted = f"{parent}.{name}" if parent else name
+    shown = f"[{dotted}]" if what == "section" else dotted
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    scope = f"in [{parent}]" if parent else "at the top level"
+    return f"unknown {what} {shown}{hint}; allowed {scope}: {', '.join(names)}"
 
 
 def _short(value: Any) -> str:
@@ -139,13 +168,6 @@ def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
 
 def _is_section(loc: tuple[int | str, ...]) -> bool:
     return not loc or _section_at(loc) is not None
-
-
-def _allowed_keys(loc: tuple[int | str, ...]) -> str:
-    """The field names of the section that holds the unknown key at ``loc``."""
-    model = _section_at(loc[:-1]) or DevicetuneConfig
-    names = sorted(name for name, f in model.model_fields.items() if not f.exclude)
-    return ", ".join(names)
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:

@@ -27,6 +27,18 @@ def _default_tiers() -> list[TierSpec]:
     ]
 
 
+class LabelShift(Section):
+    """Synthetic label shift in time: each device's past (the part before its local test
+    split) holds only ``past_classes`` of the classes, drawn per device; its future adds
+    the others. ``future_overlap`` is the share of future windows from the past's classes
+    (0 = past and future disjoint)."""
+
+    past_classes: int = Field(ge=1, description="classes each device's past holds")
+    future_overlap: Probability = Field(
+        0.0, description="share of future windows from the classes the past holds"
+    )
+
+
 class FleetData(DataFileFields):
     """Where each device's data comes from and how it is split: the synthetic
     generator, a shared dataset, or a team's own file (``source = "file"``, ``path``)."""
@@ -39,12 +51,25 @@ class FleetData(DataFileFields):
     )
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="time-ordered local test")
     windows_per_device: int = Field(60, ge=4, le=10_000, description="synthetic: mean")
+    label_shift: LabelShift | None = Field(
+        None, description="synthetic: each past holds only some classes, the future adds "
+        "the rest"
+    )
+    order: Literal["recorded", "class_grouped"] = Field(
+        "recorded",
+        description="each device's rows as recorded, or grouped by class (classes one "
+        "after another in a random order per device, so the past lacks the last ones)",
+    )
 
     _ids = field_validator("subjects", mode="before")(parse_id_list)
 
     @model_validator(mode="after")
     def _path_with_file(self) -> FleetData:
         self.check_file_source(self.source == "file", "source")
+        if self.label_shift is not None and self.source != "synthetic":
+            raise ValueError(f"label_shift shapes the synthetic generator; source = "
+                             f"{self.source!r} has its own labels (use order = "
+                             "'class_grouped' to skew a dataset's pasts)")
         return self
 
 
@@ -58,6 +83,15 @@ class PersonalizationConfig(Section):
         "fleet's own devices",
     )
     max_devices: int = Field(200, ge=1, description="personalise at most this many devices")
+    method: Literal["seen_rerank", "seen_knn", "gated_finetune"] = Field(
+        "seen_rerank",
+        description="seen_rerank: the personal head re-ranks only among classes the "
+        "device has seen, where the global model predicts one of them; seen_knn: the "
+        "same rule with a nearest-neighbour vote over the past's embeddings instead "
+        "of fine-tuning; gated_finetune: the personal head replaces the global one "
+        "(interpolation, protect_unseen_classes apply)",
+    )
+    knn_k: int = Field(10, ge=1, le=1000, description="seen_knn: neighbours that vote")
     test_fraction: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="share of each person's data (the latest) kept to measure on; default: "
@@ -65,6 +99,16 @@ class PersonalizationConfig(Section):
     )
     epochs: int = Field(20, ge=0, le=1000, description="most epochs cross-validation may pick")
     learning_rate: PositiveFloat | None = Field(None, description="default: the model's")
+    blend: float | Literal["cross_validated", "global_error"] = Field(
+        "global_error",
+        description="seen_rerank: weight of the personal output among seen classes: a "
+        "number, 'cross_validated' (tried on validation folds), or 'global_error' (0.5 "
+        "plus half the global model's error rate on the device's past)",
+    )
+    choose_epochs: bool = Field(
+        False, description="seen_rerank: cross-validate the epoch count (else always "
+        "`epochs`; validation then only gates and picks the blend)"
+    )
     validation_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="share of local data each validation fold holds"
     )
@@ -75,14 +119,34 @@ class PersonalizationConfig(Section):
         True, description="keep the global classifier for classes absent from local data"
     )
     gate: bool = Field(True, description="keep the global head unless personal is better")
-    gate_margin: float = Field(
-        2.0, ge=0.0, description="gain needed, in standard errors of validation accuracy"
+    gate_margin: float | None = Field(
+        None, ge=0.0,
+        description="gain needed, in standard errors of validation accuracy; default: "
+        "1 for seen_rerank and seen_knn, 2 for gated_finetune",
     )
     compare_naive: bool = Field(
         True, description="also measure naive fine-tuning (all epochs, no safeguards)"
     )
 
     _ids = field_validator("subjects", mode="before")(parse_id_list)
+
+    @field_validator("blend", mode="before")
+    @classmethod
+    def _blend_rule_or_weight(cls, value: object) -> object:
+        rules = ("cross_validated", "global_error")
+        weight = isinstance(value, int | float) and not isinstance(value, bool)
+        if value in rules or (weight and 0.0 < float(value) <= 1.0):  # type: ignore[arg-type]
+            return value
+        raise ValueError(f"must be a weight in (0, 1] or one of {', '.join(map(repr, rules))}")
+
+    @property
+    def margin(self) -> float:
+        """The gate's margin: ``gate_margin``, or the method's default (measured in
+        benchmarks/personalization.py: at 2, seen_rerank kept the global model on
+        people whose own data would have helped)."""
+        if self.gate_margin is not None:
+            return self.gate_margin
+        return 2.0 if self.method == "gated_finetune" else 1.0
 
 
 class FleetConfig(Section):

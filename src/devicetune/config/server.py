@@ -40,12 +40,21 @@ class ServerConfig(Section):
 
     rounds: int = Field(5, ge=0, le=1_000_000, description="0: personalise the initial model")
     devices_per_round: int = Field(10, ge=1, le=10_000_000)
-    strategy: Literal["fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg"
-    server_learning_rate: PositiveFloat = Field(1.0, le=100.0, description="FedAdam eta")
+    strategy: Literal["fedavg", "fedavgm", "fedadam", "fedmedian", "fedtrimmedavg",
+                      "krum"] = "fedavg"
+    server_learning_rate: PositiveFloat = Field(1.0, le=100.0,
+                                                description="FedAdam eta, FedAvgM rate")
+    server_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM momentum")
     trimmed_fraction: float = Field(0.2, ge=0.0, lt=0.5, description="FedTrimmedAvg beta")
     krum_byzantine: int = Field(0, ge=0, le=10_000_000,
                                 description="Krum: number of malicious devices")
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, description="FedProx term in local training")
+    class_mask: bool = Field(
+        False, description="FedRS: a device trains only the logits of classes it holds")
+    acceptance_tolerance: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="commit a round only if accuracy on the server's own labelled data "
+                    "stays within this (0..1) of its best so far; needs pretraining data")
     max_update_norm: PositiveFloat = Field(100.0, le=1e9,
                                            description="updates above are rejected")
     min_devices: int = Field(2, ge=1, le=10_000_000, description="replies a round needs")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from devicetune.config import DataFileFields
+from devicetune.config import DataFileFields, FleetData
 from devicetune.data.labeled import LabeledData
 from devicetune.errors import DevicetuneWarning
 
@@ -125,6 +125,15 @@ def inspect_file(spec: DataFileFields, test_fraction: float, limit: int = 1000
                          table.missing, table.constant, notes)
 
 
+def scenario(spec: FleetData) -> str:
+    """The split a fleet's data section describes, in a few words."""
+    words = [spec.source, spec.partition, f"order {spec.order}"]
+    if spec.label_shift is not None:
+        words.append(f"label shift: pasts hold {spec.label_shift.past_classes} classes, "
+                     f"future overlap {spec.label_shift.future_overlap:g}")
+    return ", ".join(words)
+
+
 def inspect_config(path: Path, data_dir: Path, test_fraction: float | None,
                    limit: int = 1000) -> Inspection:
     """Describe the devices a config personalises, split as the run would split them.
@@ -157,6 +166,6 @@ def inspect_config(path: Path, data_dir: Path, test_fraction: float | None,
     count = min(limit, source.devices)
     if source.devices > limit:
         notes.append(f"the first {limit} of {source.devices} devices were described")
-    name = f"{path} ({fleet.data.source}, {fleet.data.partition})"
+    name = f"{path} ({scenario(fleet.data)})"
     return inspect_users((source.device(k) for k in range(count)), source.class_names,
                          source.example_shape, fraction, name, missing, constant, notes)

@@ -144,8 +144,13 @@ def open_fleet_data(fleet: FleetConfig, seed: int, data_dir: Path,
                             "class_names, example_shape, device(k))")
         return data
     if data is None and spec.source == "synthetic":
-        return SyntheticFleet(fleet.devices, seed=seed,
-                              windows_per_device=spec.windows_per_device)
+        shift = spec.label_shift
+        synthetic = SyntheticFleet(
+            fleet.devices, seed=seed, windows_per_device=spec.windows_per_device,
+            label_shift=None if shift is None else (shift.past_classes,
+                                                    shift.future_overlap),
+            past_fraction=1 - spec.test_fraction)
+        return _ordered(synthetic, spec.order, seed)
     if data is None:
         data = load_source(spec, data_dir, class_names, section="fleet.data")
     name = "the data given" if spec.source == "synthetic" else spec.source
@@ -157,13 +162,51 @@ def open_fleet_data(fleet: FleetConfig, seed: int, data_dir: Path,
                           f"(its users are {available[0]}..{available[-1]})")
     data = data.for_users(users)
     if spec.partition == "dirichlet":
-        return DirichletPartition(data, fleet.devices, spec.dirichlet_alpha, seed)
+        partition: DeviceDataSource = DirichletPartition(data, fleet.devices,
+                                                         spec.dirichlet_alpha, seed)
+        return _ordered(partition, spec.order, seed)
     if fleet.devices > len(users):
         raise ConfigError(
             f"fleet.devices = {fleet.devices}: the natural split of {name} has only "
             f"{len(users)} users; lower devices or use partition = 'dirichlet'"
         )
-    return NaturalPartition(data, users[: fleet.devices])
+    return _ordered(NaturalPartition(data, users[: fleet.devices]), spec.order, seed)
+
+
+def _ordered(source: DeviceDataSource, order: str, seed: int) -> DeviceDataSource:
+    return ClassGrouped(source, seed) if order == "class_grouped" else source
+
+
+class ClassGrouped:
+    """Another source's devices with each device's rows grouped by class: the classes
+    one after another, in a random order per device, rows of a class in recorded order.
+
+    It is the scenario where a person records one activity (or digit) for a while and
+    then the next: the past (the first part) lacks the classes that come last, so
+    personalization is measured on classes the device never trained on.
+    """
+
+    def __init__(self, source: DeviceDataSource, seed: int) -> None:
+        self.source = source
+        self.seed = seed
+        self.devices = source.devices
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.source.class_names
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return self.source.example_shape
+
+    def device(self, device_id: int) -> LabeledData:
+        data = self.source.device(device_id)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 11, device_id]))
+        rank = rng.permutation(len(self.class_names))  # the position of each class
+        return data.select(np.argsort(rank[data.y], kind="stable"))
+
+    def user_of(self, device_id: int) -> str:
+        return user_of(self.source, device_id)
 
 
 def load_source(spec, data_dir: Path, class_names: Sequence[str] | None,

@@ -4,8 +4,9 @@ Every user shares one task (6 activity-like classes, each a mix of oscillations 
 gravity direction, over 9 channels x 128 steps like a phone's accelerometer and
 gyroscope) but has a personal style: how the phone sits (an axis rotation), sensor gain
 and offset, tempo, noise, and a personal label mix that arrives in bouts over time, so
-the first days of a user's data are skewed. Each user is generated from its own seed on
-demand: 10,000 users stream in the memory of one.
+the first days of a user's data are skewed. With ``label_shift`` the skew is total: a
+user's past holds only some classes and the future brings the others. Each user is
+generated from its own seed on demand: 10,000 users stream in the memory of one.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ class SyntheticFleet:
         cohort: which population of users the ids index. Cohorts share the task (the
             same seed gives the same classes) but not their users: cohort 0 is the
             fleet, cohort 1 the central pretraining population a team collects.
+        label_shift: ``(past_classes, future_overlap)``: each user's past (the windows
+            before ``past_fraction`` of them) draws only from ``past_classes`` classes,
+            chosen per user; each future window is one of those classes with probability
+            ``future_overlap``, else one of the other classes. None: no shift.
+        past_fraction: where the past ends, as a share of each user's windows (the
+            fleet's ``1 - test_fraction``).
     """
 
     def __init__(
@@ -71,9 +78,19 @@ class SyntheticFleet:
         label_alpha: float = 0.7,
         max_rotation_deg: float = 50.0,
         cohort: int = 0,
+        label_shift: tuple[int, float] | None = None,
+        past_fraction: float = 0.5,
     ) -> None:
         if devices < 1:
             raise ValueError(f"devices must be >= 1, got {devices}")
+        if label_shift is not None and not 1 <= label_shift[0] < len(CLASSES):
+            from devicetune.errors import ConfigError
+
+            raise ConfigError(f"fleet.data.label_shift.past_classes = {label_shift[0]}: "
+                              f"the synthetic task has {len(CLASSES)} classes; use "
+                              f"1..{len(CLASSES) - 1} so the future has classes to add")
+        self.label_shift = label_shift
+        self.past_fraction = past_fraction
         self.devices = devices
         self.seed = seed
         self.windows_per_device = windows_per_device
@@ -176,7 +193,11 @@ class SyntheticFleet:
     def _draw(self, device_id: int) -> _Draws:
         rng = self._rng(device_id)
         style = self._style(rng)
-        labels = _bouts(rng, style.label_mix, style.windows)
+        if self.label_shift is None:
+            labels = _bouts(rng, style.label_mix, style.windows)
+        else:
+            labels = _shifted_bouts(rng, style.label_mix, style.windows, *self.label_shift,
+                                    past_fraction=self.past_fraction)
         n = len(labels)
         phase = rng.uniform(0, 2 * np.pi, size=(n, _COMPONENTS, 1))
         jitter = 1.0 + 0.1 * rng.normal(size=(n, _COMPONENTS, 1))
@@ -243,6 +264,27 @@ def _bouts(rng: np.random.Generator, label_mix: np.ndarray, windows: int) -> np.
         activity = int(cdf.searchsorted(rng.random(), side="right"))
         labels.extend([activity] * (1 + int(rng.poisson(4))))
     return np.asarray(labels[:windows], dtype=np.int64)
+
+
+def _shifted_bouts(rng: np.random.Generator, label_mix: np.ndarray, windows: int,
+                   past_classes: int, future_overlap: float, past_fraction: float
+                   ) -> np.ndarray:
+    """Bouts whose past uses ``past_classes`` classes only and whose future mixes them
+    (share ``future_overlap``) with the rest. The cut is the one `Population.local_data`
+    makes, so the past a device trains on lacks exactly the other classes."""
+    k = len(label_mix)
+    past = rng.choice(k, size=past_classes, replace=False)
+    in_past = np.isin(np.arange(k), past)
+    n_test = min(max(int(round(windows * (1 - past_fraction))), 1), windows - 1)
+    cut = windows - n_test
+    # The personal mix within each side, so users still differ in what they do most.
+    past_mix = np.where(in_past, label_mix + 1e-3, 0.0)
+    future_mix = np.where(in_past, 0.0, label_mix + 1e-3)
+    future_mix = ((1 - future_overlap) * future_mix / future_mix.sum()
+                  + future_overlap * past_mix / past_mix.sum())
+    head = _bouts(rng, past_mix, cut)
+    tail = _bouts(rng, future_mix, windows - cut)
+    return np.concatenate([head, tail])
 
 
 def _rotation_matrix(axis: np.ndarray, angle: float) -> np.ndarray:

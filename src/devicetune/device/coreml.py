@@ -39,7 +39,8 @@ class CoreMLDevice:
     def fit(self, features: np.ndarray, labels: np.ndarray, epochs: int,
             rng: np.random.Generator, learning_rate: float | None = None,
             proximal_mu: float = 0.0, private: bool = False,
-            on_epoch: EpochHook | None = None) -> float:
+            on_epoch: EpochHook | None = None, class_mask: np.ndarray | None = None
+            ) -> float:
         """One MLUpdateTask of ``epochs`` epochs (a fresh optimizer, as Core ML starts)."""
         if private:
             raise ConfigError("privacy.device.enabled: Core ML updates cannot clip "
@@ -52,7 +53,8 @@ class CoreMLDevice:
         losses = self.reference.update(
             features, np.asarray(labels, np.int64), epochs=epochs,
             batch_size=self.batch_size, learning_rate=learning_rate or
-            self.default_learning_rate, shuffle_seed=rng, on_epoch=on_epoch)
+            self.default_learning_rate, shuffle_seed=rng, on_epoch=on_epoch,
+            class_mask=class_mask)
         return float(losses[-1])
 
     def evaluate(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -39,6 +39,13 @@ from devicetune.device.coreml_files import load_spec, write_spec
 from devicetune.device.coreml_layers import InnerProduct, compile_layer, run_layers
 from devicetune.device.coreml_training import DenseHead, Optimizer, UpdateParameters, train
 from devicetune.errors import ArtifactError, ExportError
+<<<<<<< HEAD:src/devicetune/device/coreml_reference.py
+=======
+from devicetune.export.coreml_files import load_spec, write_spec
+from devicetune.export.coreml_layers import InnerProduct, compile_layer, run_layers
+from devicetune.export.coreml_training import DenseHead, Optimizer, UpdateParameters, train
+from devicetune.model.class_mask import class_logit_offset
+>>>>>>> main:src/devicetune/export/coreml_reference.py
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2
@@ -149,13 +156,19 @@ class CoreMLReference:
                epochs: int | None = None, batch_size: int | None = None,
                learning_rate: float | None = None,
                shuffle_seed: int | np.random.Generator | None = None,
-               on_epoch: Callable[[int], None] | None = None) -> list[float]:
+               on_epoch: Callable[[int], None] | None = None,
+               class_mask: np.ndarray | None = None) -> list[float]:
         """One `MLUpdateTask`: train the updatable layers; per-epoch mean losses.
         ``on_epoch(epoch)`` runs at each epoch's end with the weights of that moment
         (the task's progress handler); it may call `evaluate`.
 
+        ``class_mask`` (1 per class the device holds) restricts the softmax (FedRS) as an
+        app does on iOS: the frozen ``class_offset`` layer's bias holds the absent
+        classes' shift during this update, and zeros again after it.
+
         Raises:
             ConfigError: a parameter outside the model's allowed range, or an unknown label.
+            ArtifactError: ``class_mask`` for a model without the ``class_offset`` layer.
         """
         params = self.update_parameters
         epochs = int(params.epochs.pick("epochs", epochs))
@@ -172,9 +185,16 @@ class CoreMLReference:
             if on_epoch is not None:
                 on_epoch(epoch)
 
-        losses = train(self._head, features.astype(np.float64), y, optimizer, epochs,
-                       batch, params.shuffle, rng, on_epoch=epoch_end)
-        self._sync_kernels()
+        offset = self._class_offset() if class_mask is not None else None
+        if offset is not None:
+            offset.bias[...] = class_logit_offset(np.asarray(class_mask, np.float64))
+        try:
+            losses = train(self._head, features.astype(np.float64), y, optimizer, epochs,
+                           batch, params.shuffle, rng, on_epoch=epoch_end)
+        finally:
+            if offset is not None:
+                offset.bias[...] = 0.0
+            self._sync_kernels()
         return losses
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -229,6 +249,16 @@ class CoreMLReference:
         return write_spec(self.spec, path)
 
     # --------------------------------------------------------------------- helpers
+
+    def _class_offset(self) -> Any:
+        from devicetune.export.coreml import CLASS_OFFSET
+
+        for layer in self._head.layers:
+            if layer.name == CLASS_OFFSET and not layer.trainable:
+                return layer
+        raise ArtifactError(f"the Core ML model has no frozen {CLASS_OFFSET!r} layer before "
+                            "its softmax, so it cannot restrict the softmax "
+                            "(server.class_mask); rebuild it with this devicetune")
 
     def _trainable_params(self) -> list[np.ndarray]:
         return [t for layer in self._trainable for t in (layer.kernel, layer.bias)]

@@ -5,7 +5,11 @@ Only `ai_edge_litert` is needed here, not TensorFlow: a phone has no TensorFlow 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,32 @@ def invocation_seconds() -> float:
     return _INVOKE_SECONDS[0]
 
 
+_QUIETED: set[str] = set()
+
+
+@contextlib.contextmanager
+def without_xnnpack_note(moment: str = "allocate") -> Iterator[None]:
+    """Keep LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." off
+    stderr. The C++ runtime prints it once per process, when it first applies the
+    delegate: at the first allocation, or (with TensorFlow loaded) at the first call.
+    No environment variable or option turns it off (TF_CPP_MIN_LOG_LEVEL does not reach
+    it), so the first time at each ``moment`` runs with stderr pointed at /dev/null.
+    What fails there still raises, with its message."""
+    if moment in _QUIETED:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    _QUIETED.add(moment)
+
+
 class _Timed:
     """A signature runner that adds its call time to the process-wide total."""
 
@@ -29,6 +59,12 @@ class _Timed:
         self.runner = runner
 
     def __call__(self, **inputs: Any) -> Any:
+        if "invoke" not in _QUIETED:
+            with without_xnnpack_note("invoke"):
+                return self._call(inputs)
+        return self._call(inputs)
+
+    def _call(self, inputs: dict[str, Any]) -> Any:
         start = time.perf_counter()
         try:
             return self.runner(**inputs)
@@ -60,8 +96,9 @@ class LiteRTModel:
         if missing:
             raise ArtifactError(f"the TFLite model lacks signature(s) {sorted(missing)}; build "
                                 "it with `devicetune build`")
-        self._runners = {name: _Timed(self._interpreter.get_signature_runner(name))
-                         for name in signatures}
+        with without_xnnpack_note():  # a signature runner allocates the tensors
+            self._runners = {name: _Timed(self._interpreter.get_signature_runner(name))
+                             for name in signatures}
         details = self._runners["train"].runner.get_input_details()
         self.batch_size = int(details["features"]["shape"][0])
         self.feature_dim = int(details["features"]["shape"][1])
@@ -78,10 +115,24 @@ class LiteRTModel:
         return self._runners["embed"](x=np.asarray(x, np.float32))["features"]
 
     def train(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-              private: bool = False) -> float:
-        """One optimizer step on a full static batch (``mask`` marks the real rows)."""
-        runner = self._runners["train_dp" if private else "train"]
-        out = runner(features=features, labels=labels, mask=mask)
+              private: bool = False, class_mask: np.ndarray | None = None) -> float:
+        """One optimizer step on a full static batch (``mask`` marks the real rows);
+        with ``class_mask`` (1 per class the device holds) the restricted-softmax step
+        ``train_masked``.
+
+        Raises:
+            ArtifactError: ``class_mask`` for an artifact built without ``train_masked``.
+        """
+        if class_mask is None:
+            runner = self._runners["train_dp" if private else "train"]
+            out = runner(features=features, labels=labels, mask=mask)
+            return float(out["loss"])
+        if private or "train_masked" not in self._runners:
+            raise ArtifactError("the restricted-softmax step (server.class_mask) needs the "
+                                "train_masked signature without DP-SGD; rebuild the model "
+                                "with this devicetune, and turn privacy.device off")
+        out = self._runners["train_masked"](features=features, labels=labels, mask=mask,
+                                            class_mask=np.asarray(class_mask, np.float32))
         return float(out["loss"])
 
     def evaluate(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray

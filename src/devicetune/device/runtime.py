@@ -33,11 +33,13 @@ class DeviceRuntime(Protocol):
     def fit(self, features: np.ndarray, labels: np.ndarray, epochs: int,
             rng: np.random.Generator, learning_rate: float | None = None,
             proximal_mu: float = 0.0, private: bool = False,
-            on_epoch: EpochHook | None = None) -> float:
+            on_epoch: EpochHook | None = None, class_mask: np.ndarray | None = None
+            ) -> float:
         """Train ``epochs`` shuffled epochs from the current weights (one session: the
         optimizer state carries across its epochs); mean loss of the last epoch.
         ``on_epoch(epoch)`` runs after each epoch and may call `evaluate`, as an app's
-        progress handler can (Core ML's MLUpdateTask reports each epoch's end)."""
+        progress handler can (Core ML's MLUpdateTask reports each epoch's end).
+        ``class_mask`` (1 per class the device holds) restricts the softmax (FedRS)."""
 
     def evaluate(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         """Mean loss and accuracy of the current weights."""
@@ -73,7 +75,8 @@ class LiteRTDevice:
     def fit(self, features: np.ndarray, labels: np.ndarray, epochs: int,
             rng: np.random.Generator, learning_rate: float | None = None,
             proximal_mu: float = 0.0, private: bool = False,
-            on_epoch: EpochHook | None = None) -> float:
+            on_epoch: EpochHook | None = None, class_mask: np.ndarray | None = None
+            ) -> float:
         self.model.configure(learning_rate or self.default_learning_rate, proximal_mu)
         labels = labels.astype(np.int32)
         loss = float("nan")
@@ -82,7 +85,8 @@ class LiteRTDevice:
             for batch in padded_batches(features, labels, self.batch_size,
                                         order=rng.permutation(len(features))):
                 real = int(batch[2].sum())
-                total += self.model.train(*batch, private=private) * real
+                total += self.model.train(*batch, private=private,
+                                          class_mask=class_mask) * real
                 count += real
             loss = total / max(1, count)
             if on_epoch is not None:

@@ -15,6 +15,16 @@ the inner products and the ``softmax`` (which normalises axis -3) see the layout
 format documents; that expand sits above every updatable layer, since Core ML refuses a
 non-backpropagable layer between an updatable layer and the loss.
 
+Between the last updatable inner product and the softmax sits ``class_offset``, a frozen
+(not updatable) inner product with an identity kernel and a zero bias: the logits pass
+unchanged. It is where the restricted softmax (FedRS, model/step) lives on iOS: a device
+that trains only the classes it holds writes ``ABSENT_CLASS_LOGIT`` into the bias of the
+classes it lacks before its update and zeros after. A mask input added to the logits
+would be simpler, but Core ML's validator refuses it: only convolution, inner product,
+flatten, pooling, batchnorm and ReLU/sigmoid/tanh activations may sit between an
+updatable layer and the loss (coremltools' mlmodel/src/Validation/NeuralNetwork:
+``isLayerSupportedForBackprop``), and an ``add`` layer is none of those.
+
 The optional kNN variant (``ModelKNN.mlmodel``) lives in `coreml_knn`.
 """
 
@@ -44,6 +54,7 @@ LABEL = "label"
 LOSS = "loss"
 KNN_DEFAULT_LABEL = "unknown"
 LOSS_NAME = "categorical_cross_entropy"
+CLASS_OFFSET = "class_offset"  # the frozen inner product that restricts the softmax
 # Ranges the app may tune within (MLModelConfiguration.parameters); the defaults come
 # from the HeadSpec and always lie inside.
 MAX_BATCH_SIZE = 1024
@@ -100,7 +111,12 @@ def build_classifier_spec(backbone: Model_pb2.Model, model: TrainableModel
         previous = output
         if not last and layer.activation == "relu":
             previous = _relu(builder, f"{name}_relu", previous)
-    builder.add_softmax("softmax", input_name=previous, output_name=PROBABILITIES)
+    classes = len(model.classes)
+    builder.add_inner_product(
+        CLASS_OFFSET, W=np.eye(classes, dtype=np.float32), b=np.zeros(classes, np.float32),
+        input_channels=classes, output_channels=classes, has_bias=True,
+        input_name=previous, output_name="restricted_logits")
+    builder.add_softmax("softmax", input_name="restricted_logits", output_name=PROBABILITIES)
     builder.set_class_labels(model.classes, predicted_feature_name=LABEL,
                              prediction_blob=PROBABILITIES)
     builder.make_updatable(names)
@@ -175,6 +191,34 @@ def updatable_problems(spec: Model_pb2.Model) -> list[str]:
     return problems
 
 
+def class_offset_bias_offset(spec: Model_pb2.Model) -> int | None:
+    """Where, in the ``.mlmodel`` file `write_coreml` writes, the ``class_offset`` bias
+    starts: one little-endian float32 per class. An app restricts an update to its
+    classes by writing ``ABSENT_CLASS_LOGIT`` there for the classes it lacks in a copy of
+    the file, then compiling it; no protobuf parser needed. None without the layer."""
+    import struct
+
+    from coremltools.proto import Model_pb2
+
+    marked = Model_pb2.Model()
+    marked.CopyFrom(spec)
+    layer = next((layer for layer in marked.neuralNetworkClassifier.layers
+                  if layer.name == CLASS_OFFSET), None)
+    if layer is None:
+        return None
+    count = len(layer.innerProduct.bias.floatValue)
+    # Distinct values of the same width: the packed floats sit where the zeros sit.
+    sentinel = [1.0e30 + 1.0e24 * i for i in range(count)]
+    layer.innerProduct.bias.ClearField("floatValue")
+    layer.innerProduct.bias.floatValue.extend(sentinel)
+    data = marked.SerializeToString()
+    at = data.find(struct.pack(f"<{count}f", *sentinel))
+    if at < 0 or data.find(struct.pack(f"<{count}f", *sentinel), at + 1) >= 0 or \
+            len(data) != spec.ByteSize():
+        raise ExportError("cannot locate the class_offset bias in the serialized model")
+    return at
+
+
 def write_coreml(spec: Model_pb2.Model, path: Path) -> Path:
     """Save a spec as an ``.mlmodel`` file (the protobuf, as Xcode reads it)."""
     return write_spec(spec, path)
@@ -201,6 +245,9 @@ def coreml_entry(spec: Model_pb2.Model, path: Path, knn: KNNEntry | None = None
         parameters=parameters,
         training_inputs=[t.name for t in spec.description.trainingInput],
         shuffle=bool(params.shuffle.defaultValue), knn=knn,
+        class_offset_layer=CLASS_OFFSET if CLASS_OFFSET in {
+            layer.name for layer in nn.layers} else None,
+        class_offset_bias_offset=class_offset_bias_offset(spec),
     )
 
 
@@ -328,8 +375,10 @@ def _describe(spec: Model_pb2.Model, model: TrainableModel) -> None:
 
 def _backprop_problems(nn: Any, producers: dict[str, Any]) -> list[str]:
     """Core ML backpropagates only through some layer types; an updatable layer above
-    any other layer (on the way from the loss) is refused."""
-    passable = {"convolution", "innerProduct", "flatten", "pooling", "batchnorm", "reshape"}
+    any other layer (on the way from the loss) is refused. The set is Core ML's own
+    (``isLayerSupportedForBackprop`` in coremltools' mlmodel validator); reshape and
+    elementwise layers are not in it."""
+    passable = {"convolution", "innerProduct", "flatten", "pooling", "batchnorm"}
     passable_activations = {"ReLU", "sigmoid", "tanh"}
     problems = []
     if len(nn.updateParams.lossLayers) != 1:

@@ -98,10 +98,13 @@ def signature_table(flatbuffer: bytes) -> dict[str, SignatureEntry]:
     dynamic dimension."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from devicetune.device.litert import without_xnnpack_note
+
     interpreter = Interpreter(model_content=flatbuffer)
     table = {}
     for name in sorted(interpreter.get_signature_list()):
-        runner = interpreter.get_signature_runner(name)
+        with without_xnnpack_note():
+            runner = interpreter.get_signature_runner(name)
         table[name] = SignatureEntry(
             inputs=_entries(runner.get_input_details()),
             outputs=_entries(runner.get_output_details()),

@@ -164,6 +164,19 @@ def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: n
     ours, theirs = train_both(1, private=True)
     checks.append(Check.compare("tflite.train_dp.loss", ours, theirs, INFER_TOLERANCE,
                                 note="loss before the noisy update"))
+    if "train_masked" in lite.signatures:
+        class_mask, rows = _half_of_the_classes(program.num_classes, labels)
+        # train_dp's noise differs between the two: start both from the same weights.
+        common = program.weights()
+        program.set_weights(*common)
+        lite.set_weights(dict(zip(program.names, common, strict=True)))
+        for _ in range(max(1, steps // 5)):
+            chosen = rng.choice(rows, size=int(rng.integers(1, lite.batch_size + 1)))
+            batch = next(padded_batches(features[chosen], labels[chosen], lite.batch_size))
+            lite.train(*batch, class_mask=class_mask)
+            program.train_masked(*batch, class_mask)
+        checks.append(weights_check("tflite.train_masked",
+                                    "restricted softmax (FedRS) on half of the classes"))
 
     probe = {name: rng.normal(size=w.shape).astype(np.float32)
              for name, w in zip(program.names, program.weights(), strict=True)}
@@ -224,7 +237,28 @@ def coreml_parity(reference: CoreMLReference, program: DeviceProgram,
     saved = CoreMLReference(reference.save(Path(scratch) / "updated.mlmodel"))
     checks.append(Check.compare("coreml.save_reload", _flat(saved.get_weights(), program.names),
                                 ours, 0.0, note="updated weights survive save and reload"))
+
+    # The restricted softmax: the frozen class_offset layer carries the mask on iOS.
+    class_mask, rows = _half_of_the_classes(len(reference.classes), labels)
+    program.set_weights(*[reference.get_weights()[n] for n in program.names])  # fresh state
+    reference.update(features[rows], labels[rows], epochs=1, shuffle_seed=seed,
+                     class_mask=class_mask)
+    order = np.random.default_rng(seed).permutation(len(rows))
+    for batch in padded_batches(features[rows], labels[rows], reference.batch_size,
+                                order=order):
+        program.train_masked(*batch, class_mask)
+    checks.append(Check.compare(
+        "coreml.update_masked.1_epoch", _flat(reference.get_weights(), program.names),
+        np.concatenate([w.ravel() for w in program.weights()]), COREML_TOLERANCE,
+        note="restricted softmax (FedRS) on half of the classes, through the frozen "
+        "class_offset layer"))
     return checks
+
+
+def _half_of_the_classes(classes: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A class mask holding the even classes, and the rows whose label it holds."""
+    class_mask = (np.arange(classes) % 2 == 0).astype(np.float32)
+    return class_mask, np.flatnonzero(class_mask[labels] > 0)
 
 
 def knn_parity(knn: KNNReference, embedding: np.ndarray, x: np.ndarray, labels: list[str]

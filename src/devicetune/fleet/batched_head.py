@@ -3,9 +3,11 @@
 The same math as the artifact's ``train`` signature (devicetune.model.step and
 optimizers): a static batch with a mask, mean cross-entropy over the real rows,
 closed-form gradients, the proximal term, SGD with momentum or Adam with bias
-correction. Here every array has a leading device axis, so one step advances every
-device of a round together. A device whose batch holds no real rows this step (it has
-fewer batches than the busiest device) is left exactly as it was.
+correction, and ``train_masked``'s restricted softmax (FedRS, Li & Zhan 2021) when
+each device's class mask is given. Here every array has a leading device axis, so one
+step advances every device of a round together. A device whose batch holds no real
+rows this step (it has fewer batches than the busiest device) is left exactly as it
+was.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devicetune.config import OptimizerSpec
+from devicetune.model.class_mask import class_logit_offset
 
 _LOG_EPS = np.float32(1e-12)
 
@@ -66,10 +69,12 @@ class BatchedHead:
     def device_weights(self, device: int) -> list[np.ndarray]:
         return [p[device].copy() for p in self.params]
 
-    def step(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def step(self, features: np.ndarray, labels: np.ndarray, mask: np.ndarray,
+             class_mask: np.ndarray | None = None) -> np.ndarray:
         """One training step on ``(K, B, F)`` features, ``(K, B)`` labels and mask, for
         the first ``K <= D`` devices (the others are left as they are); returns each
-        device's mean loss over its real rows."""
+        device's mean loss over its real rows. ``class_mask`` ``(K, C)``: each device's
+        classes, as ``train_masked`` takes them."""
         k = features.shape[0]
         params = self.params if k == self.devices else [p[:k] for p in self.params]
         kernels, biases = params[0::2], params[1::2]
@@ -80,7 +85,10 @@ class BatchedHead:
             z = np.matmul(hidden, kernel) + bias[:, None, :]
             pre.append(z)
             hidden = np.maximum(z, 0) if activation == "relu" else z
-        logits = pre[-1] - pre[-1].max(axis=2, keepdims=True)
+        logits = pre[-1]
+        if class_mask is not None:
+            logits = logits + class_logit_offset(class_mask).astype(np.float32)[:, None, :]
+        logits = logits - logits.max(axis=2, keepdims=True)
         exp = np.exp(logits)
         probabilities = exp / exp.sum(axis=2, keepdims=True)
         onehot = np.eye(probabilities.shape[2], dtype=np.float32)[labels]

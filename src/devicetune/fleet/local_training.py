@@ -20,6 +20,7 @@ from devicetune.fleet.messages import (
 )
 from devicetune.fleet.population import DeviceProfile, LocalData
 from devicetune.fleet.stages import STAGES
+from devicetune.model.class_mask import present_classes
 
 TrainingData = Callable[[], tuple[np.ndarray, np.ndarray]]
 
@@ -36,10 +37,13 @@ def train_locally(runtime: DeviceRuntime, train: TrainingData, weights: list[np.
     with STAGES.timed("local training"):
         runtime.set_weights(weights)
         start = time.perf_counter()
+        # FedRS: the device pushes only the logits of the classes its data holds.
+        class_mask = (present_classes(labels, len(weights[-1])) if instructions.class_mask
+                      else None)
         loss = runtime.fit(features, labels, instructions.local_epochs, rng,
                            learning_rate=instructions.learning_rate,
                            proximal_mu=instructions.proximal_mu,
-                           private=instructions.private)
+                           private=instructions.private, class_mask=class_mask)
         compute_s = time.perf_counter() - start
         new_weights = runtime.get_weights()
     metrics = {NUM_EXAMPLES: float(len(labels)), "train-loss": float(loss),

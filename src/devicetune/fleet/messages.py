@@ -27,10 +27,12 @@ class TrainInstructions:
     learning_rate: float
     proximal_mu: float = 0.0
     private: bool = False
+    class_mask: bool = False  # restrict the softmax to the classes the device holds
 
     def to_config(self) -> dict[str, int | float | bool]:
         return {"local-epochs": self.local_epochs, "learning-rate": self.learning_rate,
-                "proximal-mu": self.proximal_mu, "private": self.private}
+                "proximal-mu": self.proximal_mu, "private": self.private,
+                "class-mask": self.class_mask}
 
     @classmethod
     def from_config(cls, config: dict) -> TrainInstructions:
@@ -40,6 +42,7 @@ class TrainInstructions:
             learning_rate=float(config["learning-rate"]),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             private=bool(config.get("private", False)),
+            class_mask=bool(config.get("class-mask", False)),
         )
 
 

@@ -20,8 +20,8 @@ import numpy as np
 from devicetune.fleet.messages import NUM_EXAMPLES, train_reply
 
 # Strategies whose aggregate_train is Flower's example-weighted mean of the replies
-# (FedAdam applies its server optimiser to that mean).
-WEIGHTED_MEAN_STRATEGIES = ("FedAvg", "FedProx", "FedAdam")
+# (FedAvgM and FedAdam apply their server optimisers to that mean).
+WEIGHTED_MEAN_STRATEGIES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam")
 
 
 def aggregates_by_weighted_mean(strategy: object) -> bool:

@@ -21,9 +21,13 @@ from devicetune.data.labeled import LabeledData
 from devicetune.data.sources import FleetInput
 from devicetune.device.runtime import DeviceRuntime, open_runtimes
 from devicetune.errors import ConfigError, PrivacyBudgetExceeded
+<<<<<<< HEAD
 from devicetune.fleet.evaluation import global_evaluator, personalization_population
 from devicetune.fleet.flower_log import quiet_flower
 from devicetune.fleet.personalize import naive, personalize
+=======
+from devicetune.fleet.personalize import naive, personalization_method, personalize
+>>>>>>> main
 from devicetune.fleet.population import DeviceProfile, LocalData, Population
 from devicetune.run_files import (
     CONFIG_FILE,
@@ -82,6 +86,7 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         ConfigError: a section is missing or inconsistent.
         DataError: the data is missing or malformed.
     """
+    from devicetune.server.acceptance import acceptance_check
     from devicetune.server.loop import FederatedLoop
     from devicetune.server.private import private_setup
     from devicetune.server.strategies import make_strategy
@@ -130,9 +135,11 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
         instructions=TrainInstructions(
             server_round=0, local_epochs=config.fleet.local_epochs,
             learning_rate=learning_rate, proximal_mu=config.server.proximal_mu,
-            private=config.privacy.device.enabled),
+            private=config.privacy.device.enabled, class_mask=config.server.class_mask),
         max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
         min_devices=config.server.min_devices,
+        accept=acceptance_check(config, reference, data_dir,
+                                tuple(population.source.example_shape), pretrain_data),
     )
     initial_accuracy = evaluate(initial)["accuracy"]
     metrics_path = out_dir / METRICS_FILE
@@ -161,8 +168,12 @@ def simulate(config: DevicetuneConfig, out_dir: Path, data_dir: Path,
     device_rounds = sum(r["sampled"] for r in rounds)
     rounds_s = sum(r["wall_s"] for r in rounds)
 
+    from devicetune.artifacts.manifest import read_manifest
+
+    tflite = read_manifest(artifacts).tflite
+    activations = tflite.head_activations if tflite is not None else None
     results = _personalize_fleet(config, population, runtimes, loop.weights, learning_rate,
-                                 data_dir, progress, data)
+                                 data_dir, progress, data, activations)
     write_devices(out_dir / DEVICES_FILE, results)
     summary = _summary(config, results, initial_accuracy, loop.weights, evaluate,
                        device_rounds, rounds_s, time.perf_counter() - started)
@@ -309,7 +320,8 @@ def _check_fits(population: Population, artifacts: Path) -> None:
 def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
                        runtimes: dict[str, DeviceRuntime], weights: list[np.ndarray],
                        learning_rate: float, data_dir: Path, progress: Progress,
-                       data: FleetInput | None = None) -> list[PersonalizationResult]:
+                       data: FleetInput | None = None,
+                       activations: list[str] | None = None) -> list[PersonalizationResult]:
     assert config.fleet is not None
     spec = config.fleet.personalization
     population, device_ids = personalization_population(config, fleet_population, data_dir,
@@ -321,10 +333,11 @@ def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
         runtime = runtimes.get(profile.platform) or next(iter(runtimes.values()))
         data = population.local_data(device_id)
         rate = spec.learning_rate or learning_rate
-        result = _personalize_device(runtime, data, profile, weights, spec, rate, config.seed)
+        result = _personalize_device(runtime, data, profile, weights, spec, rate, config.seed,
+                                     activations)
         if spec.compare_naive:
             baseline = _personalize_device(runtime, data, profile, weights, naive(spec), rate,
-                                           config.seed)
+                                           config.seed, activations)
             result = replace(result, acc_naive=baseline.acc_personal)
         results.append(replace(result, user=population.user_of(device_id)))
         progress.advance()
@@ -333,9 +346,11 @@ def _personalize_fleet(config: DevicetuneConfig, fleet_population: Population,
 
 def _personalize_device(runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
                         weights: list[np.ndarray], recipe: PersonalizationConfig,
-                        learning_rate: float, seed: int) -> PersonalizationResult:
+                        learning_rate: float, seed: int,
+                        activations: list[str] | None = None) -> PersonalizationResult:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 9, profile.device_id]))
-    return personalize(runtime, data, profile, weights, recipe, learning_rate, rng)
+    return personalize(runtime, data, profile, weights, recipe, learning_rate, rng,
+                       activations)
 
 
 def _summary(config: DevicetuneConfig, results: list[PersonalizationResult],
@@ -348,6 +363,7 @@ def _summary(config: DevicetuneConfig, results: list[PersonalizationResult],
         "global_accuracy_initial": initial_accuracy,
         "global_accuracy_final": evaluate(weights)["accuracy"],
         **personal,
+        "personalization_method": personalization_method(config.fleet.personalization),
         "device_rounds": device_rounds,
         "device_rounds_per_s": device_rounds / rounds_s if rounds_s > 0 else None,
         "wall_s": round(wall_s, 3),

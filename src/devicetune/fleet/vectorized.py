@@ -32,6 +32,7 @@ from devicetune.fleet.population import Population
 from devicetune.fleet.round_data import local_data_of
 from devicetune.fleet.round_updates import RoundUpdates
 from devicetune.fleet.stages import STAGES
+from devicetune.model.class_mask import present_classes
 
 EMBED_CHUNK = 4096  # examples per backbone call
 
@@ -194,6 +195,10 @@ def train_together(head: BatchedHead, features: list[np.ndarray], labels: list[n
              + np.arange(len(pooled_y)) - np.repeat(offsets, sorted_sizes))
     m = np.zeros((count, width), np.float32)
     m.reshape(-1)[slots] = 1.0
+    classes = head.params[-1].shape[-1]
+    # FedRS: each device's own classes, in head row order (as `train_locally` does).
+    class_mask = (np.stack([present_classes(labels[i], classes) for i in order])
+                  if instructions.class_mask else None)
     losses = np.zeros(count)
     for _ in range(instructions.local_epochs):
         source = np.concatenate([offset + rng.permutation(n) for offset, rng, n
@@ -205,7 +210,8 @@ def train_together(head: BatchedHead, features: list[np.ndarray], labels: list[n
         total = np.zeros(count)
         for s in range(steps):
             k, rows = active[s], slice(s * batch_size, (s + 1) * batch_size)
-            step_loss = head.step(x[:k, rows], y[:k, rows], m[:k, rows])
+            step_loss = head.step(x[:k, rows], y[:k, rows], m[:k, rows],
+                                  None if class_mask is None else class_mask[:k])
             total[:k] += step_loss * m[:k, rows].sum(axis=1)
         losses = total / np.maximum(sorted_sizes, 1)
     inverse = np.empty(count, np.int64)

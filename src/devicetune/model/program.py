@@ -8,6 +8,10 @@ Signatures (the contract with the app; names and shapes go into the manifest):
 - ``train_dp(features, labels, mask) -> loss``: DP-SGD: each example's gradient clipped
   to ``dp_clip_norm``, Gaussian noise of std ``dp_noise_multiplier * dp_clip_norm``
   added to the sum (Abadi et al. 2016).
+- ``train_masked(features, labels, mask, class_mask) -> loss``: ``train`` with a
+  restricted softmax (FedRS, Li & Zhan 2021): ``class_mask`` (one float per class, 1 for
+  a class the device holds) keeps absent classes out of the softmax, so their weights do
+  not move. A device in a federation that restricts the softmax trains with this.
 - ``evaluate(features, labels, mask) -> loss, correct``.
 - ``get_weights(unused) -> tensors`` and ``set_weights(tensors) -> ok``: the trainable
   weights. ``unused`` is an int32 scalar that is ignored: LiteRT's Java/Kotlin
@@ -35,8 +39,8 @@ from devicetune.model import step
 from devicetune.model.backbone import DenseParams
 from devicetune.model.optimizers import make_optimizer
 
-SIGNATURES = ("infer", "embed", "train", "train_dp", "evaluate", "get_weights",
-              "set_weights", "configure")
+SIGNATURES = ("infer", "embed", "train", "train_dp", "train_masked", "evaluate",
+              "get_weights", "set_weights", "configure")
 
 
 def weight_names(layers: int) -> list[str]:
@@ -101,6 +105,10 @@ class DeviceProgram(tf.Module):
         self.train_dp = tf.function(input_signature=batch)(
             lambda features, labels, mask: {"loss": self._train(features, labels, mask,
                                                                  private=True)})
+        class_mask = tf.TensorSpec([self.num_classes], tf.float32, name="class_mask")
+        self.train_masked = tf.function(input_signature=[*batch, class_mask])(
+            lambda features, labels, mask, class_mask: {"loss": self._train(
+                features, labels, mask, private=False, class_mask=class_mask)})
         self.evaluate = tf.function(input_signature=batch)(self._evaluate)
         self.get_weights = tf.function(input_signature=[
             tf.TensorSpec([], tf.int32, name="unused")])(
@@ -124,8 +132,9 @@ class DeviceProgram(tf.Module):
         return step.forward(features, self.params[0::2], self.params[1::2], self.activations)
 
     def _train(self, features: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor,
-               private: bool) -> tf.Tensor:
-        passed = self._forward(features)
+               private: bool, class_mask: tf.Tensor | None = None) -> tf.Tensor:
+        passed = step.forward(features, self.params[0::2], self.params[1::2],
+                              self.activations, class_mask)
         loss, count = step.masked_loss(passed.probabilities, labels, mask)
         deltas = step.per_example_deltas(passed, labels, self.params[0::2], self.activations)
         if private:

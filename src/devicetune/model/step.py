@@ -9,11 +9,19 @@ example's gradient norm for free, which DP-SGD needs.
 Every function takes the masked static batch the artifact trains on: ``mask[i]`` is 1
 for a real example and 0 for padding.
 
+A restricted softmax (FedRS, model/class_mask) takes a second mask, over classes:
+``class_mask[c]`` is 1 for a class the device holds. Absent classes' logits are shifted
+far down before the softmax, so their probabilities are exactly 0, their deltas 0, and
+their weights get no gradient. The shift is an added constant, so Core ML can carry it
+too (as a frozen bias, export/coreml).
+
 References:
     Goodfellow, "Efficient Per-Example Gradient Computations", arXiv:1510.01799, 2015.
     Lee & Kifer, "Scaling up Differentially Private Deep Learning with Fast Per-Example
     Gradient Clipping", PoPETs 2021.
     Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
+    Li & Zhan, "FedRS: Federated Learning with Restricted Softmax for Label Distribution
+    Non-IID Data", KDD 2021.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
+
+from devicetune.model.class_mask import class_logit_offset
 
 _LOG_EPS = 1e-12
 
@@ -37,8 +47,10 @@ class ForwardPass:
 
 
 def forward(features: tf.Tensor, kernels: Sequence[Any], biases: Sequence[Any],
-            activations: Sequence[str]) -> ForwardPass:
-    """Run the head; the last layer's activation is always softmax."""
+            activations: Sequence[str], class_mask: tf.Tensor | None = None
+            ) -> ForwardPass:
+    """Run the head; the last layer's activation is always softmax (restricted to the
+    classes of ``class_mask``, shape ``(classes,)``, when given)."""
     inputs, pre = [], []
     hidden = features
     for kernel, bias, activation in zip(kernels, biases, activations, strict=True):
@@ -46,7 +58,8 @@ def forward(features: tf.Tensor, kernels: Sequence[Any], biases: Sequence[Any],
         z = tf.matmul(hidden, kernel) + bias
         pre.append(z)
         hidden = tf.nn.relu(z) if activation == "relu" else z
-    return ForwardPass(inputs, pre, tf.nn.softmax(pre[-1]))
+    logits = pre[-1] if class_mask is None else pre[-1] + class_logit_offset(class_mask)
+    return ForwardPass(inputs, pre, tf.nn.softmax(logits))
 
 
 def masked_loss(probabilities: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor

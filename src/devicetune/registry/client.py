@@ -150,7 +150,11 @@ class RegistryClient:
         with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as scratch:
             signed = Path(scratch) / "signed"
             self.download(name, version, signed)
-            manifest = verify_folder(signed, public_key)
+            try:
+                manifest = verify_folder(signed, public_key)
+            except ArtifactError as exc:  # name what was fetched, not the scratch folder
+                where = f"{name} version {version} from {str(self._http.base_url).rstrip('/')}"
+                raise ArtifactError(str(exc).replace(str(signed), where)) from None
             if (manifest.name, manifest.version) != (name, version):
                 raise ArtifactError(
                     f"asked for {name} version {version}, but the registry served a "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -69,16 +70,28 @@ def print_build(result: BuildResult) -> None:
     console.print(f"time: {timing}")
 
 
-class RichProgress:
-    """Progress bars for a run's stages (rounds, devices), on stderr."""
+STAGE_WIDTH = 40  # a stage's name beyond this is cut, so the bar, counts and time fit
 
-    def __init__(self) -> None:
+
+def stage_name(description: str, width: int = STAGE_WIDTH) -> str:
+    """``description`` cut to ``width`` characters, an ellipsis marking the cut."""
+    return description if len(description) <= width else description[:width - 1] + "…"
+
+
+class RichProgress:
+    """Progress of a run's stages (rounds, devices), on stderr: a bar per stage on a
+    terminal; elsewhere (a log file, a pipe) one plain line as each stage ends."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._console = console or Console(stderr=True)
+        self._plain = not self._console.is_terminal
         self._progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
             MofNCompleteColumn(), TimeElapsedColumn(),
-            console=Console(stderr=True), transient=False,
+            console=self._console, transient=False, disable=self._plain,
         )
         self._task: TaskID | None = None
+        self._stage: tuple[str, int | None, int, float] | None = None
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
@@ -90,17 +103,28 @@ class RichProgress:
 
     def stage(self, description: str, total: int | None) -> None:
         self._finish()
-        self._task = self._progress.add_task(description, total=total)
+        self._stage = (description, total, 0, time.perf_counter())
+        self._task = self._progress.add_task(stage_name(description), total=total)
 
     def advance(self, amount: int = 1) -> None:
+        if self._stage is not None:
+            name, total, done, started = self._stage
+            self._stage = (name, total, done + amount, started)
         if self._task is not None:
             self._progress.advance(self._task, amount)
 
     def _finish(self) -> None:
+        if self._stage is not None and self._plain:
+            name, total, done, started = self._stage
+            counts = f"{done}/{total}, " if total is not None else ""
+            self._console.print(f"{name}: {counts}{time.perf_counter() - started:.1f} s",
+                                highlight=False, markup=False, soft_wrap=True)
+        self._stage = None
         if self._task is not None:
             task = self._progress.tasks[-1]
             self._progress.update(self._task, total=task.completed or 1,
                                   completed=task.completed or 1)
+            self._task = None
 
 
 def print_simulation(result: SimulationResult) -> None:
@@ -147,6 +171,8 @@ def print_report(report: Report) -> None:
         for row in headline.rows:
             table.add_row(row.label, *(cell.text for cell in row.cells))
         console.print(table)
+    if report.tradeoff:
+        console.print(report.tradeoff, highlight=False)
     if report.verdict:
         console.print(report.verdict)
     for note in report.run.notes:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from devicetune.report.intervals import Intervals, device_intervals
 from devicetune.report.runs import Run
 from devicetune.report.versions import VersionComparison
 from devicetune.run_files import METRICS_FILE, SUMMARY_FILE, VERSIONS_FILE
@@ -26,10 +27,15 @@ class Cell:
     value: float | int | None
     unit: str
     source: str
+    interval: tuple[float, float] | None = None
 
     @property
     def text(self) -> str:
         v = self.value
+        if self.interval is not None:
+            lo, hi = self.interval
+            return (f"{100 * lo:.1f}–{100 * hi:.1f}%" if self.unit == "percent"
+                    else f"{100 * lo:+.1f} to {100 * hi:+.1f} pts")
         if v is None:
             return "–"
         return {
@@ -65,7 +71,7 @@ def headline(run: Run, versions: Sequence[VersionComparison] = ()) -> list[Table
     and the server's versions, as far as the folder holds them."""
     tables = []
     if run.summary is not None:
-        tables += _personalization(run.summary)
+        tables += _personalization(run.summary, device_intervals(run.devices or []))
         tables.append(_federation_from_summary(run.summary))
         tables += _privacy(run.summary)
     elif run.rounds:
@@ -86,29 +92,86 @@ def _cell(summary: dict[str, Any], path: str, unit: str) -> Cell:
     return Cell(_get(summary, path), unit, f"{SUMMARY_FILE}:{path}")
 
 
-def _personalization(s: dict[str, Any]) -> list[Table]:
+INTERVAL_COLUMN = "95% interval"
+INTERVAL_SOURCE = "devices.csv: bootstrap over devices, 2000 resamples"
+
+
+def _ci(intervals: Intervals | None, key: str, unit: str) -> tuple[Cell, ...]:
+    """The interval cell of ``key``, or none when there are no intervals."""
+    if intervals is None:
+        return ()
+    found = intervals.get(key)
+    return (Cell(None, unit, INTERVAL_SOURCE, found),) if found else \
+        (Cell(None, unit, INTERVAL_SOURCE),)
+
+
+def _personalization(s: dict[str, Any], intervals: Intervals | None = None) -> list[Table]:
     spreads = [("global model", "accuracy_global"), ("personalised", "accuracy_personal")]
-    if isinstance(s.get("naive"), dict):
+    naive = isinstance(s.get("naive"), dict)
+    if naive:
         spreads.append(("naive fine-tuning", "naive.accuracy"))
+    ci_column = (INTERVAL_COLUMN,) if intervals is not None else ()
     accuracy = Table(
         title="Accuracy on each device's future data",
-        columns=("mean", "median", "p10"),
-        rows=tuple(Row(label, tuple(_cell(s, f"{key}.{stat}", "percent")
-                                    for stat in ("mean", "median", "p10")),
+        columns=("mean", *ci_column, "median", "p10"),
+        rows=tuple(Row(label, (_cell(s, f"{key}.mean", "percent"),
+                               *_ci(intervals, f"{key}.mean", "percent"),
+                               *(_cell(s, f"{key}.{stat}", "percent")
+                                 for stat in ("median", "p10"))),
                        card="mean accuracy, personalised" if key == "accuracy_personal" else "")
                    for label, key in spreads),
     )
-    rows = [Row("devices personalised", (_cell(s, "devices", "count"),)),
-            Row("mean gain", (_cell(s, "mean_gain", "points"),),
+    rows = [Row("devices personalised", (_cell(s, "devices", "count"),
+                                         *((Cell(None, "count", ""),) if ci_column else ()))),
+            Row("mean gain", (_cell(s, "mean_gain", "points"),
+                              *_ci(intervals, "mean_gain", "points")),
                 card="mean gain from personalization", tone="gain"),
-            Row("devices harmed", (_cell(s, "fraction_harmed", "percent"),),
+            Row("devices harmed", (_cell(s, "fraction_harmed", "percent"),
+                                   *_ci(intervals, "fraction_harmed", "percent")),
                 card="of devices harmed", tone="harm"),
-            Row("kept the global head", (_cell(s, "fraction_kept_global", "percent"),))]
-    if isinstance(s.get("naive"), dict):
-        rows += [Row("naive fine-tuning: mean gain", (_cell(s, "naive.mean_gain", "points"),)),
+            Row("kept the global head", (_cell(s, "fraction_kept_global", "percent"),
+                                         *((Cell(None, "count", ""),) if ci_column else ())))]
+    if naive:
+        rows += [Row("naive fine-tuning: mean gain",
+                     (_cell(s, "naive.mean_gain", "points"),
+                      *_ci(intervals, "naive.mean_gain", "points"))),
                  Row("naive fine-tuning: devices harmed",
-                     (_cell(s, "naive.fraction_harmed", "percent"),))]
-    return [accuracy, Table("Personalization", ("",), tuple(rows))]
+                     (_cell(s, "naive.fraction_harmed", "percent"),
+                      *_ci(intervals, "naive.fraction_harmed", "percent")))]
+    return [accuracy, Table("Personalization", ("", *ci_column), tuple(rows))]
+
+
+def tradeoff(summary: dict[str, Any] | None, intervals: Intervals | None) -> str | None:
+    """The trade-off a run measures, in one sentence a product lead can act on: naive
+    fine-tuning against devicetune's recipe, accuracy against the share of devices
+    harmed. None when the run did not measure naive fine-tuning."""
+    s = summary or {}
+    acc, harmed = _get(s, "accuracy_personal.mean"), _get(s, "fraction_harmed")
+    n_acc, n_harmed = _get(s, "naive.accuracy.mean"), _get(s, "naive.fraction_harmed")
+    if None in (acc, harmed, n_acc, n_harmed):
+        return None
+
+    def shown(value: float, key: str) -> str:
+        found = intervals.get(key) if intervals is not None else None
+        text = f"{100 * value:.1f}%"
+        return text + (f" (95% interval {100 * found[0]:.1f}–{100 * found[1]:.1f}%)"
+                       if found else "")
+
+    if n_acc > acc and n_harmed > harmed:
+        verdict = (f"Naive's mean is {100 * (n_acc - acc):.1f} points higher, and it harms "
+                   f"{100 * (n_harmed - harmed):.1f} points more of the devices: the recipe "
+                   "gives up that mean so that fewer people get a worse model.")
+    elif n_acc <= acc and n_harmed >= harmed:
+        verdict = "The recipe is at least as accurate and harms no more devices."
+    else:
+        verdict = ("Here the recipe harms more devices than naive fine-tuning: look at the "
+                   "harmed devices below before shipping it.")
+    return (f"The trade-off measured: naive fine-tuning on each device's own data reached "
+            f"{shown(n_acc, 'naive.accuracy.mean')} mean accuracy and lowered accuracy on "
+            f"{shown(n_harmed, 'naive.fraction_harmed')} of devices; devicetune's recipe "
+            f"(epochs chosen by cross-validation, the global head kept unless fine-tuning "
+            f"wins clearly) reached {shown(acc, 'accuracy_personal.mean')} and lowered it "
+            f"on {shown(harmed, 'fraction_harmed')}. {verdict}")
 
 
 def _federation_from_summary(s: dict[str, Any]) -> Table:

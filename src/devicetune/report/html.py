@@ -46,6 +46,8 @@ section { margin:28px 0 0; }
 .card .label { color:var(--muted); font-size:13px; }
 .card.good .value { color:var(--gain); } .card.bad .value { color:var(--harm); }
 .verdict { font-size:17px; margin:6px 0 14px; }
+.tradeoff { font-size:16px; margin:6px 0 10px; padding:10px 14px; border-left:4px solid
+  var(--blue); background:#eff6ff; max-width:980px; }
 .tables { display:flex; gap:18px; flex-wrap:wrap; align-items:flex-start; }
 table { border-collapse:collapse; font-size:13px; font-variant-numeric:tabular-nums; }
 caption { text-align:left; font-weight:600; padding:0 0 4px; color:#374151; }
@@ -71,7 +73,7 @@ footer { margin-top:36px; color:var(--muted); font-size:12px; }
 
 
 def render(run: Run, tables: Sequence[Table], sections: Sequence[Section],
-           verdict: str | None = None) -> str:
+           verdict: str | None = None, tradeoff: str | None = None) -> str:
     """The whole page, with each section's image read from disk and embedded."""
     e = html.escape
     parts = [
@@ -83,6 +85,8 @@ def render(run: Run, tables: Sequence[Table], sections: Sequence[Section],
         f"<h1>{e(run.name)}</h1>", f'<p class="meta">{e(_describe(run))}</p>', "</header>",
         '<section id="headline">', "<h2>Headline</h2>", _cards(tables),
     ]
+    if tradeoff:
+        parts.append(f'<p class="tradeoff">{e(tradeoff)}</p>')
     if verdict:
         parts.append(f'<p class="verdict">{e(verdict)}</p>')
     parts += ['<div class="tables">', *(_headline_table(t) for t in tables), "</div>",
@@ -124,6 +128,8 @@ def _describe(run: Run) -> str:
 
 def _cell_attrs(cell: Cell) -> str:
     value = "" if cell.value is None else f' data-value="{cell.value!r}"'
+    if cell.interval is not None:
+        value += f' data-interval="{cell.interval[0]!r} {cell.interval[1]!r}"'
     return f'data-source="{html.escape(cell.source)}"{value}'
 
 

@@ -21,7 +21,7 @@ GLOBAL, PERSONAL, NAIVE = "#8a94a6", "#2563eb", "#d97706"
 GAINED, HARMED, UNCHANGED = "#16a34a", "#dc2626", "#b8bec9"
 DROPPED, REJECTED = "#f59e0b", "#dc2626"
 WIDTH_IN, DPI = 9.0, 130
-MIN_SPAN_POINTS = 4.0  # least accuracy range an axis shows
+MIN_SPAN_POINTS = 10.0  # least accuracy range an axis shows (92-95% is not a cliff)
 # Per-device plots label at most this many rows; the HTML table lists the rest.
 MAX_ROWS = 30
 
@@ -57,6 +57,23 @@ def _percent_axis(axis: Any) -> None:
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}%"))
 
 
+def zero_based(values: Sequence[float]) -> tuple[float, float] | None:
+    """Axis limits from zero for non-negative values (seconds, losses, counts): an axis
+    fitted to 6.40-6.45 s draws the same round time as a swing. None for values that
+    go below zero (matplotlib's own limits)."""
+    if not values or min(values) < 0:
+        return None
+    return 0.0, (max(values) * 1.15) or 1.0
+
+
+def accuracy_limits(values: Sequence[float]) -> tuple[float, float]:
+    """Limits of an accuracy axis in percent: at least `MIN_SPAN_POINTS` wide, so that
+    noise between rounds (92-95%) is not drawn as a cliff; within 0-100."""
+    low, high = min(values), max(values)
+    pad = max(0.0, MIN_SPAN_POINTS - (high - low)) / 2
+    return max(0.0, low - pad - 0.3), min(100.0, high + pad + 0.3)
+
+
 def _sign_colour(gain: float) -> str:
     return GAINED if gain > TIE else HARMED if gain < -TIE else UNCHANGED
 
@@ -80,9 +97,7 @@ def accuracy_per_round(rounds: Sequence[dict[str, Any]], initial: float | None,
         top.set_ylabel("accuracy")
         if points:
             # A span under a few points would draw noise between rounds as big swings.
-            low, high = min(y for _, y in points), max(y for _, y in points)
-            pad = max(0.0, MIN_SPAN_POINTS - (high - low)) / 2
-            top.set_ylim(max(0.0, low - pad - 0.3), min(100.0, high + pad + 0.3))
+            top.set_ylim(*accuracy_limits([y for _, y in points]))
         _percent_axis(top.yaxis)
         _per_round(bottom, rounds, "mean_local_loss",
                    "Mean local training loss of the devices that completed", "loss")
@@ -96,6 +111,8 @@ def _per_round(axes: Any, rounds: Sequence[dict[str, Any]], key: str, title: str
     if points:
         xs, ys = zip(*points, strict=True)
         axes.plot(xs, ys, color=GLOBAL, marker="o" if len(xs) <= 60 else None)
+        if (limits := zero_based(ys)) is not None:
+            axes.set_ylim(*limits)
     axes.set_title(title)
     axes.set_ylabel(ylabel)
     axes.set_xlabel("round")
@@ -357,6 +374,8 @@ def other_metrics(rounds: Sequence[dict[str, Any]], keys: Sequence[str], path: P
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, color=PERSONAL, marker="o" if len(xs) <= 60 else None)
+                if (limits := zero_based(ys)) is not None:
+                    ax.set_ylim(*limits)
             ax.set_title(key, fontsize=10)
             ax.set_xlabel("round")
     return path

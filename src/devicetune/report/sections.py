@@ -70,12 +70,15 @@ def epsilon_keys(rounds: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def other_keys(rounds: Sequence[dict[str, Any]]) -> list[str]:
-    keys: dict[str, None] = {}
+    """Per-round numbers without a plot of their own that change over the run (a
+    constant, such as a server's ``attempts`` of 1 every round, is no chart)."""
+    keys: dict[str, set[float]] = {}
     for row in rounds:
-        keys.update({k: None for k, v in row.items()
-                     if k not in PLOTTED and not k.startswith("epsilon")
-                     and isinstance(v, int | float) and not isinstance(v, bool)})
-    return list(keys)
+        for k, v in row.items():
+            if (k not in PLOTTED and not k.startswith("epsilon")
+                    and isinstance(v, int | float) and not isinstance(v, bool)):
+                keys.setdefault(k, set()).add(float(v))
+    return [k for k, values in keys.items() if len(values) > 1]
 
 
 def verdict(devices: Sequence[PersonalizationResult]) -> str:
@@ -98,6 +101,10 @@ def build_sections(run: Run, out_dir: Path) -> list[Section]:
         sections.append(_participation(run.rounds, out_dir))
         if keys := epsilon_keys(run.rounds):
             sections.append(_privacy(run, keys, out_dir))
+    from devicetune.report.artifact_section import artifact_section
+
+    if (built := artifact_section(run.path)) is not None:
+        sections.append(built)
     if run.rounds and (keys := other_keys(run.rounds)):
         sections.append(Section(
             "other-metrics", "Other per-round metrics",
@@ -232,6 +239,11 @@ def _versions(run: Run, out_dir: Path) -> Section:
             f"{len(flagged)} emitted with a cohort more than {100 * tolerance:.1f} points "
             "below its parent (emit.max_regression), boxed in the figure and red in the "
             "table. Refused versions are faded: they never shipped.")
+    if flagged:
+        lead += (f" Why a flagged version still shipped: the emit gate compares the global "
+                 f"accuracy only (at most {100 * tolerance:.1f} points below the parent); "
+                 "a cohort's drop is recorded here, not blocked, so read it before a "
+                 "rollout widens (`devicetune registry rollout`).")
     names = [c.cohort for c in compared[0].cohorts] if compared else []
     rows, classes = [], []
     # A long-running server emits hundreds of versions; the table keeps the latest.

@@ -9,7 +9,8 @@ from pathlib import Path
 from devicetune.atomic import atomic_write_bytes
 from devicetune.errors import RunFolderError
 from devicetune.report import html, sections
-from devicetune.report.headline import Table, headline
+from devicetune.report.headline import Table, headline, tradeoff
+from devicetune.report.intervals import device_intervals
 from devicetune.report.runs import Run, read_run
 
 REPORT_FILE = "report.html"
@@ -22,6 +23,8 @@ class Report:
     Attributes:
         images: each section's figure, by section id (the PNGs beside the page).
         verdict: the one-sentence who-gained-who-lost, when the run has devices.
+        tradeoff: what the run measures (naive fine-tuning against the recipe: accuracy
+            against devices harmed), when it measured naive fine-tuning.
     """
 
     run: Run
@@ -30,6 +33,7 @@ class Report:
     tables: list[Table]
     verdict: str | None
     seconds: float
+    tradeoff: str | None = None
 
 
 def write_report(run_dir: str | Path) -> Report:
@@ -45,7 +49,8 @@ def write_report(run_dir: str | Path) -> Report:
         shown = sections.build_sections(run, run.path)
         tables = headline(run, sections.comparisons(run))
         verdict = sections.verdict(run.devices) if run.devices else None
-        page = html.render(run, tables, shown, verdict)
+        measured = tradeoff(run.summary, device_intervals(run.devices or []))
+        page = html.render(run, tables, shown, verdict, measured)
         target = atomic_write_bytes(run.path / REPORT_FILE, page.encode("utf-8"))
     except PermissionError as exc:
         raise RunFolderError(f"{run.path}: cannot write the report there "
@@ -53,4 +58,5 @@ def write_report(run_dir: str | Path) -> Report:
             from None
     return Report(run=run, html=target,
                   images={s.id: s.image for s in shown if s.image is not None},
-                  tables=tables, verdict=verdict, seconds=time.perf_counter() - started)
+                  tables=tables, verdict=verdict, seconds=time.perf_counter() - started,
+                  tradeoff=measured)

@@ -6,8 +6,8 @@ The same two apps run under Flower's Simulation Engine (``--engine flower``), un
 processes (``devicetune serve`` / ``devicetune device``). Their settings come from the
 factory that made them or, for ``flwr run``, from the run config: ``config`` (a
 devicetune TOML), ``artifacts`` (a build folder), ``data`` (the datasets folder) and
-``out`` (where the server writes its run folder) and ``resume`` (continue from the
-state committed in ``out``).
+``out`` (where the server writes its run folder), ``resume`` (continue from the
+state committed in ``out``) and ``rounds`` (overrides ``server.rounds``; 0 keeps it).
 
 A ClientApp learns which device it is from its node config: ``device-id`` (SuperNodes
 started by ``devicetune device``) or ``partition-id`` (the Simulation Engine). A
@@ -39,6 +39,7 @@ class AppSettings:
     out_dir: Path
     resume: bool = False
     serve_pid: int = 0  # the `devicetune serve` process to live and die with (0: none)
+    rounds: int = 0  # overrides server.rounds (0: the config's), e.g. --run-config rounds=5
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> AppSettings:
@@ -54,11 +55,20 @@ class AppSettings:
                    data_dir=resolve_data_dir(run_config.get("data") or None),
                    out_dir=Path(str(run_config.get("out") or "runs/flower")),
                    resume=bool(run_config.get("resume", False)),
-                   serve_pid=int(run_config.get("serve-pid", 0)))
+                   serve_pid=int(run_config.get("serve-pid", 0)),
+                   rounds=_rounds(run_config.get("rounds", 0)))
 
-    def to_run_config(self) -> dict[str, str | bool]:
+    def configured(self, config: Any) -> Any:
+        """``config`` with this run's overrides (``rounds``) applied."""
+        if not self.rounds:
+            return config
+        return config.model_copy(update={
+            "server": config.server.model_copy(update={"rounds": self.rounds})})
+
+    def to_run_config(self) -> dict[str, str | bool | int]:
         return {"config": str(self.config), "artifacts": str(self.artifacts),
-                "data": str(self.data_dir), "out": str(self.out_dir), "resume": self.resume}
+                "data": str(self.data_dir), "out": str(self.out_dir), "resume": self.resume,
+                "rounds": self.rounds}
 
     def for_node(self, node_config: dict[str, Any]) -> AppSettings:
         """These settings with a SuperNode's own ``config``/``artifacts``/``data``."""
@@ -69,6 +79,15 @@ class AppSettings:
             self, config=Path(str(own["config"])) if own["config"] else self.config,
             artifacts=Path(str(own["artifacts"])) if own["artifacts"] else self.artifacts,
             data_dir=resolve_data_dir(str(own["data"])) if own["data"] else self.data_dir)
+
+
+def _rounds(value: Any) -> int:
+    from devicetune.errors import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
+        raise ConfigError(f"run config rounds = {value!r}: give a whole number of rounds "
+                          "(0 keeps the devicetune config's server.rounds)")
+    return value
 
 
 # ----------------------------------------------------------------------------- device
@@ -168,9 +187,27 @@ def make_server_app(settings: AppSettings | None = None) -> Any:
 
     @app.main()
     def main(grid: Any, context: Any) -> None:
+        from devicetune.errors import DevicetuneError
         from devicetune.server.federation import run_server
 
-        run_server(grid, settings or AppSettings.from_run_config(dict(context.run_config)))
+        try:
+            chosen = settings or AppSettings.from_run_config(dict(context.run_config))
+            if settings is None:  # `flwr run` or `serve`: check the build before running
+                from devicetune.artifacts.manifest import check_artifacts
+
+                check_artifacts(chosen.artifacts)
+            # Made for `flwr run` or `serve` (no settings): its stream gets each round.
+            run_server(grid, chosen, announce=settings is None)
+        except DevicetuneError as exc:
+            if settings is not None:
+                raise
+            # One line a user can act on; then the run must fail (`flwr ls`: failed),
+            # which takes an exception (a SystemExit would be recorded as completed).
+            import sys
+
+            line = f"error: {' '.join(str(exc).split())}"
+            print(line, file=sys.stderr, flush=True)
+            raise RuntimeError(line) from None
 
     return app
 

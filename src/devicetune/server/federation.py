@@ -44,16 +44,25 @@ _LOCK_WAIT_S = 15.0
 _SETTLE_S = 10.0
 
 
+<<<<<<< HEAD
 def run_server(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
+=======
+def run_server(grid: Any, settings: Any, announce: bool = False) -> list[np.ndarray]:
+>>>>>>> main
     """Run the configured rounds over ``grid``; write metrics, state and the final
     weights into ``settings.out_dir``; return the final weights.
 
     With ``settings.resume`` the rounds continue after the committed one; otherwise the
     federation starts from the artifact's weights (overwriting a previous state: the
-    ``serve`` command refuses that before it gets here).
+    ``serve`` command refuses that before it gets here). ``announce`` (a ServerApp
+    of `flwr run` or `serve`, not one in a caller's process) logs each round into
+    ``server.log`` and onto stderr.
     """
     if getattr(settings, "serve_pid", 0):
         _die_with(settings.serve_pid)
+    if announce or getattr(settings, "serve_pid", 0):
+        # server.log, and stderr: `serve` keeps it in superlink.log, `flwr run --stream`
+        # shows it (joins, each round, versions, rejected updates).
         _log_to_run_folder(Path(settings.out_dir))
     try:
         return _run(grid, settings)
@@ -71,6 +80,11 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     from devicetune.fleet.flower_log import quiet_flower
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
+<<<<<<< HEAD
+=======
+    from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
+    from devicetune.server.acceptance import acceptance_check
+>>>>>>> main
     from devicetune.server.device_keys import read_nodes
     from devicetune.server.fleet_grid import FleetGrid
     from devicetune.server.gateway_grid import GatewayGrid, start_gateway
@@ -83,6 +97,8 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
 
     quiet_flower()
     config = load_config(settings.config)
+    if hasattr(settings, "configured"):
+        config = settings.configured(config)
     config.require("model", "fleet", command="the devicetune ServerApp")
     assert config.model is not None and config.fleet is not None
     check_serve_config(config)
@@ -100,9 +116,12 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
         devices_per_round=config.server.devices_per_round,
         instructions=TrainInstructions(0, config.fleet.local_epochs, rate,
                                        config.server.proximal_mu,
-                                       config.privacy.device.enabled),
+                                       config.privacy.device.enabled,
+                                       config.server.class_mask),
         max_update_norm=config.server.max_update_norm, evaluate=evaluate, seed=config.seed,
         round_timeout_s=config.server.round_timeout_s, min_devices=config.server.min_devices,
+        accept=acceptance_check(config, reference, settings.data_dir,
+                                tuple(population.source.example_shape)),
     )
     policy = QuorumPolicy.from_config(config.server)
     out = Path(settings.out_dir)
@@ -142,6 +161,7 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
             if isinstance(fleet, GatewayGrid):  # refused reports, in the round's row
                 result.extra.update(fleet.gateway.counters())
             _commit_round(out, result, loop, config.server.strategy, artifact_sha256)
+            log.info("%s", describe_round(result.to_dict(), config.server.rounds))
             outcome["last_round"] = server_round
             if emitter is not None and server_round % config.emit.every_rounds == 0:
                 _emit(emitter, config, loop, evaluate, server_round)
@@ -152,7 +172,22 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     return loop.weights
 
 
+<<<<<<< HEAD
 def check_serve_config(config: DevicetuneConfig) -> None:
+=======
+def describe_round(row: dict[str, Any], rounds: int) -> str:
+    """A round's line, as `serve` prints it and `flwr run --stream` shows it."""
+    accuracy = row.get("global_accuracy")
+    shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
+    retries = row.get("attempts", 1) - 1
+    return (f"round {row['round']}/{rounds}: {row['completed']} of {row['sampled']} devices "
+            f"aggregated, {row['dropped']} dropped, {row['rejected']} rejected"
+            f"{f', after {retries} retries' if retries else ''}; global accuracy {shown} "
+            f"({row['wall_s']:.1f} s)")
+
+
+def check_serve_config(config: Any) -> None:
+>>>>>>> main
     """Refuse what the served federation cannot honour (user errors, one line)."""
     from devicetune.errors import ConfigError
     from devicetune.server.secagg import check_secagg_config
@@ -168,6 +203,7 @@ def check_serve_config(config: DevicetuneConfig) -> None:
         raise ConfigError("server.secagg = true hides each device's update, so the server "
                           "cannot clip it for privacy.mode = "
                           f"{config.privacy.mode!r}; use one or the other")
+<<<<<<< HEAD
     if config.server.gateway.enabled:
         from devicetune.server.gateway import read_enrollment_token
 
@@ -185,6 +221,11 @@ def check_serve_config(config: DevicetuneConfig) -> None:
             raise ConfigError(f"server.gateway.port = {config.server.gateway.port} is "
                               "the SuperLink's server.port; choose another")
         read_enrollment_token(config.server.gateway.enrollment_token_file)
+=======
+    if config.server.secagg and config.server.acceptance_tolerance is not None:
+        raise ConfigError("server.acceptance_tolerance is not run on the SecAgg+ path; "
+                          "remove it or set server.secagg = false")
+>>>>>>> main
 
 
 def _initial_weights(config: DevicetuneConfig, artifact: list[np.ndarray]) -> list[np.ndarray]:

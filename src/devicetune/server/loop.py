@@ -110,6 +110,8 @@ class FederatedLoop:
         over_selection: sample this many times ``devices_per_round`` (a grid that
             closes a round at ``devices_per_round`` replies, the gateway's, then does
             not wait for the slowest devices); not under DP, which samples by coin flips.
+        accept: an `AcceptanceCheck`, ``(current, candidate) -> (commit?, accuracy)``:
+            an aggregate it refuses is not committed (the record says ``accepted``).
     """
 
     strategy: RoundStrategy
@@ -124,6 +126,7 @@ class FederatedLoop:
     min_devices: int = 1
     privacy: PrivacyGuard | None = None
     over_selection: float = 1.0
+    accept: Any = None
     # Per device that trained with DP-SGD: (steps so far, local examples).
     device_dp_steps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -185,8 +188,19 @@ class FederatedLoop:
             with STAGES.timed("aggregation"):
                 arrays, _ = self.strategy.aggregate_train(server_round, valid)
             if arrays is not None:
-                self.weights = [w.astype(np.float32) for w in record_to_weights(arrays)[1]]
-                if self.privacy is not None:  # an aggregate was released: account it
+                candidate = [w.astype(np.float32) for w in record_to_weights(arrays)[1]]
+                if self.accept is not None:
+                    with STAGES.timed("acceptance"):
+                        accepted, score = self.accept(self.weights, candidate)
+                    extra.update(accepted=accepted, server_accuracy=score)
+                    if not accepted:
+                        log.info("round %d: aggregate not committed (accuracy %.4f on "
+                                 "the server's data)", server_round, score)
+                        candidate = self.weights
+                        self._rewind_server_optimizer()
+                self.weights = candidate
+                # Released (and judged) from the devices' updates: account it either way.
+                if self.privacy is not None:
                     extra.update(self.privacy.after_round(server_round,
                                                           self._clip_norm()))
         with STAGES.timed("evaluation"):
@@ -211,6 +225,13 @@ class FederatedLoop:
     def _clip_norm(self) -> float:
         """The clip norm DP-FedAvg used this round."""
         return float(self.dp_aggregation.last["clip_norm"])
+
+    def _rewind_server_optimizer(self) -> None:
+        """A strategy that keeps the model it last produced (FedAvgM, FedAdam) goes back
+        to the committed one, so its next pseudo-gradient is taken from there."""
+        inner = getattr(self.strategy, "inner", self.strategy)
+        if getattr(inner, "current_arrays", None) is not None:
+            inner.current_arrays = weights_to_record(self.names, self.weights)
 
     def _validate_stacked(self, updates: RoundUpdates
                           ) -> tuple[RoundUpdates, int, list[float]]:

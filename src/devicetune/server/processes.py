@@ -67,16 +67,75 @@ sys.exit(flower_superlink())
 # two cores) the SuperLink answered later than that, two missed heartbeats made the node
 # "unavailable" and its update was lost. 20 s still leaves 2 x 30 s of patience.
 HEARTBEAT_CALL_TIMEOUT_S = 20
+# A SuperNode retries a SuperLink that stopped answering forever; ours give up after
+# ``--max-wait-time`` (the device's patience) and say why in one line. The wrapper
+# watches Flower's retry invoker: a give-up after the SuperLink had answered means it
+# went away (the federation finished, or the server stopped); before, that none came.
+# Flower's log colours are kept for terminals: off one, the stderr of the SuperNode and
+# of what it starts (SuperExec, ClientApps) passes through a filter that drops them.
 _SUPERNODE = f"""\
-import sys
+import os, re, sys, threading
+_filter = None
+if not os.isatty(2):
+    _read, _write = os.pipe()
+    _stderr = os.dup(2)
+    def _strip_colours():
+        with os.fdopen(_read, "rb", buffering=0) as pipe:
+            for line in iter(pipe.readline, b""):
+                os.write(_stderr, re.sub(rb"\\x1b\\[[0-9;]*m", b"", line))
+    _filter = threading.Thread(target=_strip_colours, daemon=True)
+    _filter.start()
+    os.dup2(_write, 2)
+    os.close(_write)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
 import flwr.supercore.heartbeat as heartbeat
 import flwr.supernode.fleet_http_client as fleet_http_client
+import flwr.supernode.fleet_http_connection as connection
 heartbeat.HEARTBEAT_CALL_TIMEOUT = fleet_http_client.HEARTBEAT_CALL_TIMEOUT = \\
     {HEARTBEAT_CALL_TIMEOUT_S}
+label, superlink, patience = sys.argv[1], sys.argv[2], float(sys.argv[3])
+seen = {{"answered": False, "gave_up": False}}
+_make_invoker = connection.make_simple_http_retry_invoker
+def _watched_invoker():
+    invoker = _make_invoker()
+    on_success, on_giveup = invoker.on_success, invoker.on_giveup
+    def success(state):
+        seen["answered"] = True
+        on_success(state)
+    def giveup(state):
+        seen["gave_up"] = True
+        on_giveup(state)
+    invoker.on_success, invoker.on_giveup = success, giveup
+    return invoker
+connection.make_simple_http_retry_invoker = _watched_invoker
 from flwr.supernode.cli import flower_supernode
-sys.argv[0] = "flower-supernode"
-sys.exit(flower_supernode())
+sys.argv = ["flower-supernode", *sys.argv[4:]]
+try:
+    code = flower_supernode()
+except SystemExit as exc:
+    code = exc.code
+why = None
+if seen["gave_up"] and seen["answered"]:
+    why = (f"{{label}}: the SuperLink at {{superlink}} went away and did not come back "
+           f"within {{patience:g}} s (the federation finished, or the server stopped); "
+           "exiting")
+    code = 0
+elif seen["gave_up"]:
+    why = (f"{{label}}: no SuperLink answered at {{superlink}} within {{patience:g}} s; "
+           "exiting (start `devicetune serve` first, or wait longer with --patience-s)")
+    code = 3
+if _filter is not None:  # let what Flower wrote pass the filter first
+    sys.stderr.flush()
+    _filter.join(0.5)
+if why:
+    os.write(_stderr if _filter is not None else 2, (why + "\\n").encode())
+    sys.stdout.flush()
+    # Flower's threads (heartbeat, Runtime API) would keep the interpreter alive; its
+    # SuperExec watches this process and follows it.
+    os._exit(code)
+sys.exit(code)
 """
+DEFAULT_PATIENCE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -283,15 +342,21 @@ def write_connection(flwr_home: Path, name: str, address: str, transport: Transp
 
 
 def supernode_command(superlink: str, transport: Transport, node_config: dict[str, Any],
-                      runtime_port: int, auth_key: Path | None = None) -> list[str]:
+                      runtime_port: int, auth_key: Path | None = None,
+                      patience_s: float = DEFAULT_PATIENCE_S, label: str = "device"
+                      ) -> list[str]:
     """``flower-supernode`` connecting to ``superlink`` with this node config. Each
     SuperNode also serves a local Runtime API for its ClientApp; on one machine every
-    SuperNode needs its own port for it."""
+    SuperNode needs its own port for it. It exits, with a line starting ``label``, once
+    the SuperLink has not answered for ``patience_s`` seconds: code 0 if it had answered
+    before (the federation is over), 3 if it never did."""
     pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
     flower_executable("flower-supernode")  # a clear error if Flower is missing
-    return [sys.executable, "-c", _SUPERNODE, *transport.supernode_args(),
+    return [sys.executable, "-c", _SUPERNODE, label, superlink, f"{patience_s:g}",
+            *transport.supernode_args(),
             "--superlink", superlink, "--node-config", pairs,
             "--host", "127.0.0.1", "--port", str(runtime_port),
+            "--max-wait-time", f"{patience_s:g}",
             *(["--auth-supernode-private-key", str(auth_key)] if auth_key else [])]
 
 

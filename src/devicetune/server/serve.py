@@ -174,7 +174,7 @@ def _artifacts(config: Any, out_dir: Path, data_dir: Path, given: Path | None, r
     say(f"building the artifacts into {target}")
     from devicetune.export.build import build
 
-    build(config, target, data_dir)
+    build(config, target, data_dir, progress=lambda step: say(f"  {step}"))
     return target
 
 
@@ -340,10 +340,6 @@ def _describe_version(decision: dict[str, Any]) -> str:
 
 
 def _describe_round(row: dict[str, Any], rounds: int) -> str:
-    accuracy = row.get("global_accuracy")
-    shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
-    retries = row.get("attempts", 1) - 1
-    return (f"round {row['round']}/{rounds}: {row['completed']} of {row['sampled']} devices "
-            f"aggregated, {row['dropped']} dropped, {row['rejected']} rejected"
-            f"{f', after {retries} retries' if retries else ''}; global accuracy {shown} "
-            f"({row['wall_s']:.1f} s)")
+    from devicetune.server.federation import describe_round
+
+    return describe_round(row, rounds)

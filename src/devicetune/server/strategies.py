@@ -9,6 +9,8 @@ References:
     Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient
     Descent" (Krum), NeurIPS 2017.
     Li et al., "Federated Optimization in Heterogeneous Networks" (FedProx), MLSys 2020.
+    Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for Federated
+    Visual Classification" (FedAvgM, server momentum), arXiv:1909.06335, 2019.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def make_strategy(server: ServerConfig) -> Any:
         if server.proximal_mu > 0:
             return flwr_strategy.FedProx(**common, proximal_mu=server.proximal_mu)
         return flwr_strategy.FedAvg(**common)
+    if server.strategy == "fedavgm":
+        return flwr_strategy.FedAvgM(**common, server_learning_rate=server.server_learning_rate,
+                                     server_momentum=server.server_momentum)
     if server.strategy == "fedadam":
         return flwr_strategy.FedAdam(**common, eta=server.server_learning_rate)
     if server.strategy == "fedmedian":
