@@ -39,13 +39,7 @@ from devicetune.device.coreml_files import load_spec, write_spec
 from devicetune.device.coreml_layers import InnerProduct, compile_layer, run_layers
 from devicetune.device.coreml_training import DenseHead, Optimizer, UpdateParameters, train
 from devicetune.errors import ArtifactError, ExportError
-<<<<<<< HEAD:src/devicetune/device/coreml_reference.py
-=======
-from devicetune.export.coreml_files import load_spec, write_spec
-from devicetune.export.coreml_layers import InnerProduct, compile_layer, run_layers
-from devicetune.export.coreml_training import DenseHead, Optimizer, UpdateParameters, train
 from devicetune.model.class_mask import class_logit_offset
->>>>>>> main:src/devicetune/export/coreml_reference.py
 
 if TYPE_CHECKING:
     from coremltools.proto import Model_pb2

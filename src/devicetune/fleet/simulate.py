@@ -21,13 +21,9 @@ from devicetune.data.labeled import LabeledData
 from devicetune.data.sources import FleetInput
 from devicetune.device.runtime import DeviceRuntime, open_runtimes
 from devicetune.errors import ConfigError, PrivacyBudgetExceeded
-<<<<<<< HEAD
 from devicetune.fleet.evaluation import global_evaluator, personalization_population
 from devicetune.fleet.flower_log import quiet_flower
-from devicetune.fleet.personalize import naive, personalize
-=======
 from devicetune.fleet.personalize import naive, personalization_method, personalize
->>>>>>> main
 from devicetune.fleet.population import DeviceProfile, LocalData, Population
 from devicetune.run_files import (
     CONFIG_FILE,

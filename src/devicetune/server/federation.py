@@ -44,11 +44,7 @@ _LOCK_WAIT_S = 15.0
 _SETTLE_S = 10.0
 
 
-<<<<<<< HEAD
-def run_server(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
-=======
-def run_server(grid: Any, settings: Any, announce: bool = False) -> list[np.ndarray]:
->>>>>>> main
+def run_server(grid: Grid, settings: AppSettings, announce: bool = False) -> list[np.ndarray]:
     """Run the configured rounds over ``grid``; write metrics, state and the final
     weights into ``settings.out_dir``; return the final weights.
 
@@ -80,11 +76,7 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     from devicetune.fleet.flower_log import quiet_flower
     from devicetune.fleet.messages import TrainInstructions
     from devicetune.fleet.population import Population
-<<<<<<< HEAD
-=======
-    from devicetune.fleet.simulate import global_evaluator, open_runtimes, quiet_flower
     from devicetune.server.acceptance import acceptance_check
->>>>>>> main
     from devicetune.server.device_keys import read_nodes
     from devicetune.server.fleet_grid import FleetGrid
     from devicetune.server.gateway_grid import GatewayGrid, start_gateway
@@ -172,9 +164,6 @@ def _run(grid: Grid, settings: AppSettings) -> list[np.ndarray]:
     return loop.weights
 
 
-<<<<<<< HEAD
-def check_serve_config(config: DevicetuneConfig) -> None:
-=======
 def describe_round(row: dict[str, Any], rounds: int) -> str:
     """A round's line, as `serve` prints it and `flwr run --stream` shows it."""
     accuracy = row.get("global_accuracy")
@@ -186,8 +175,7 @@ def describe_round(row: dict[str, Any], rounds: int) -> str:
             f"({row['wall_s']:.1f} s)")
 
 
-def check_serve_config(config: Any) -> None:
->>>>>>> main
+def check_serve_config(config: DevicetuneConfig) -> None:
     """Refuse what the served federation cannot honour (user errors, one line)."""
     from devicetune.errors import ConfigError
     from devicetune.server.secagg import check_secagg_config
@@ -203,7 +191,6 @@ def check_serve_config(config: Any) -> None:
         raise ConfigError("server.secagg = true hides each device's update, so the server "
                           "cannot clip it for privacy.mode = "
                           f"{config.privacy.mode!r}; use one or the other")
-<<<<<<< HEAD
     if config.server.gateway.enabled:
         from devicetune.server.gateway import read_enrollment_token
 
@@ -221,11 +208,9 @@ def check_serve_config(config: Any) -> None:
             raise ConfigError(f"server.gateway.port = {config.server.gateway.port} is "
                               "the SuperLink's server.port; choose another")
         read_enrollment_token(config.server.gateway.enrollment_token_file)
-=======
     if config.server.secagg and config.server.acceptance_tolerance is not None:
         raise ConfigError("server.acceptance_tolerance is not run on the SecAgg+ path; "
                           "remove it or set server.secagg = false")
->>>>>>> main
 
 
 def _initial_weights(config: DevicetuneConfig, artifact: list[np.ndarray]) -> list[np.ndarray]:
