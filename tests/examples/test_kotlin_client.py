@@ -1,0 +1,201 @@
+"""The app's plain-JVM Kotlin, compiled by ``kotlinc`` and run: the protocol v1 client
+federates through the real gateway (HTTP on 127.0.0.1) in the same round as a reference
+phone, and the seen_rerank rule and its gate give what the simulator's numpy gives."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devicetune.fleet.personalize_seen import SeenRerankSearch, combine, predict
+from tests.examples.kotlin_build import compile_jar, java_command
+from tests.server.gateway_harness import TOKEN, GatewayHarness, ReferencePhone
+
+DELTA = 0.001  # what the test's Kotlin adapter adds to every weight
+
+
+@pytest.fixture(scope="module")
+def jar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Kept beside the numbered session folders, which pytest keeps for three runs.
+    built, seconds = compile_jar(tmp_path_factory.getbasetemp().parent / "kotlin-jars")
+    print(f"\nkotlinc: {seconds:.1f} s" if seconds else "\nkotlinc: jar cached")
+    return built
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory, small_artifacts: Path
+            ) -> Iterator[GatewayHarness]:
+    served = GatewayHarness(tmp_path_factory.mktemp("kotlin-gateway"), small_artifacts)
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def steps(trace: list[str]) -> list[str]:
+    """Protocol steps of a request trace ("METHOD /path -> status") up to the first
+    report, repeats collapsed."""
+    names = []
+    for line in trace:
+        path = line.split()[1]
+        name = ("enroll" if path == "/v1/enroll" else "checkin" if path == "/v1/checkin"
+                else "model" if path.startswith("/v1/model/") else
+                "weights" if path.endswith("/weights") else
+                "report" if path.endswith("/report") else path)
+        if not names or names[-1] != name:
+            names.append(name)
+        if name == "report":
+            break
+    return names
+
+
+class KotlinDevice:
+    """The compiled client in its own JVM; its stdout lines collected by a thread."""
+
+    def __init__(self, jar: Path, url: str) -> None:
+        self.process = subprocess.Popen(java_command(jar, "federate", url, TOKEN, str(DELTA),
+                                                     "0.2"),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        while True:
+            for line in list(self.lines):
+                if found := re.fullmatch(pattern, line):
+                    return found
+            assert self.process.poll() is None or self.reader.is_alive(), \
+                f"the Kotlin client exited: {self.process.stderr.read()}"  # type: ignore[union-attr]
+            time.sleep(0.05)
+
+    @property
+    def trace(self) -> list[str]:
+        return [line.removeprefix("TRACE ") for line in self.lines if line.startswith("TRACE ")]
+
+
+def test_the_kotlin_client_federates_beside_the_reference_phone(
+        jar: Path, harness: GatewayHarness) -> None:
+    """Enroll, check in (told to come back), get a task, download the model (sha256) and
+    the start weights, train through the adapter, report in safetensors: the server
+    aggregates exactly start + DELTA from the Kotlin device, beside the reference phone's
+    report; a resent report is counted once; both followed the same protocol steps."""
+    kotlin = KotlinDevice(jar, harness.url)
+    phone_trace: list[str] = []
+    rng = np.random.default_rng(1)
+    phone = ReferencePhone(harness.url, rng.normal(size=(20, 128, 9)).astype(np.float32),
+                           rng.integers(0, 6, 20), verify=False)
+    phone.http.event_hooks["response"].append(
+        lambda r: phone_trace.append(f"{r.request.method} {r.request.url.path} -> "
+                                     f"{r.status_code}"))
+    phone.enroll(TOKEN)
+    stop = threading.Event()
+    runner = threading.Thread(target=phone.run, args=(stop, 0.2))
+    runner.start()
+    try:
+        kotlin_id = int(kotlin.wait_for(r"ENROLLED (\d+)").group(1))
+        kotlin.wait_for(r"TRACE POST /v1/checkin -> 200")
+        while not {"POST /v1/checkin -> 200"} <= set(phone_trace):
+            time.sleep(0.05)
+        harness.open_round(1, [kotlin_id, phone.device_id])
+        replies = harness.close()
+        resent = kotlin.wait_for(r"RESENT duplicate=(\w+)").group(1)
+        while not phone.reports:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join()
+        kotlin.process.wait()
+    assert kotlin.process.returncode == 0, kotlin.process.stderr.read()  # type: ignore[union-attr]
+    by_device = {int(r.content["metrics"]["device-id"]) - 1_000_000_000: r for r in replies}
+    assert set(by_device) == {kotlin_id, phone.device_id}
+    ours = by_device[kotlin_id]
+    assert ours.content["metrics"]["num-examples"] == 20
+    for name in harness.names:
+        sent = ours.content["arrays"][name].numpy()
+        np.testing.assert_allclose(sent, harness.start[name] + np.float32(DELTA), rtol=0,
+                                   atol=1e-6, err_msg=name)
+    assert resent == "true"  # the same report again: accepted once, answered again
+    assert harness.gateway.counters()["gateway_duplicates"] == 1
+    assert phone.reports[0]["accepted"] is True
+    # Both followed the same protocol steps in the same order, to their first report.
+    assert steps(kotlin.trace) == steps(phone_trace) == \
+        ["enroll", "checkin", "model", "weights", "report"], (kotlin.trace, phone_trace)
+
+
+def test_the_kotlin_client_refuses_a_wrong_enrollment_token(
+        jar: Path, harness: GatewayHarness) -> None:
+    done = subprocess.run(java_command(jar, "federate", harness.url, "not-the-token", "0",
+                                       "0.2"), capture_output=True, text=True, check=False)
+    assert done.returncode != 0
+    assert "POST /v1/enroll: HTTP 403" in done.stderr, done.stderr
+
+
+def _csv(values: np.ndarray) -> str:
+    return ",".join(repr(float(v)) for v in values)
+
+
+def test_the_kotlin_seen_rerank_rule_is_the_simulators(jar: Path, tmp_path: Path) -> None:
+    """combine and predict on random probability rows: seen sets of every size (none, some,
+    all), rows whose global top class is unseen, blends 0 to 1."""
+    rng = np.random.default_rng(7)
+    cases = []
+    for _ in range(200):
+        classes = int(rng.integers(2, 8))
+        g, p = rng.dirichlet(np.ones(classes)), rng.dirichlet(np.ones(classes))
+        seen = np.sort(rng.choice(classes, int(rng.integers(0, classes + 1)), replace=False))
+        blend = float(rng.choice([0.0, 0.25, 0.5, 0.75, 1.0, rng.uniform()]))
+        cases.append((g, p, seen, blend))
+    (tmp_path / "in.txt").write_text("\n".join(
+        f"{b!r};{','.join(map(str, s))};{_csv(g)};{_csv(p)}" for g, p, s, b in cases))
+    subprocess.run(java_command(jar, "rerank", str(tmp_path / "in.txt"),
+                                str(tmp_path / "out.txt")), check=True)
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert len(lines) == len(cases)
+    unseen_top = 0
+    for (g, p, seen, blend), line in zip(cases, lines, strict=True):
+        probabilities, cls = line.split(";")
+        expected = combine(g[None], p[None], seen, blend)[0]
+        np.testing.assert_allclose(np.array(probabilities.split(","), float), expected,
+                                   rtol=1e-12, atol=1e-15)
+        assert int(cls) == predict(g[None], p[None], seen, blend)[0]
+        unseen_top += len(seen) > 0 and g.argmax() not in seen
+    assert unseen_top > 10  # the protected case was exercised
+
+
+def test_the_kotlin_gate_chooses_as_the_simulator(jar: Path, tmp_path: Path) -> None:
+    """SeenRerank.choose against SeenRerankSearch.best: random counts, ties, gate on/off."""
+    rng = np.random.default_rng(3)
+    searches, lines = [], []
+    for _ in range(200):
+        search = SeenRerankSearch(int(rng.integers(1, 5)))
+        search.total = int(rng.integers(1, 60))
+        search.correct = rng.integers(0, search.total + 1,
+                                      size=search.correct.shape).astype(float)
+        gate, margin = bool(rng.integers(0, 2)), float(rng.choice([0.0, 1.0, 2.0]))
+        searches.append((search, gate, margin))
+        lines.append(f"{str(gate).lower()};{margin!r};{search.total};{_csv(search.blends)};"
+                     + "|".join(_csv(row) for row in search.correct))
+    (tmp_path / "in.txt").write_text("\n".join(lines))
+    subprocess.run(java_command(jar, "choose", str(tmp_path / "in.txt"),
+                                str(tmp_path / "out.txt")), check=True)
+    answers = (tmp_path / "out.txt").read_text().splitlines()
+    kept_global = 0
+    for (search, gate, margin), answer in zip(searches, answers, strict=True):
+        epochs, blend = answer.split(";")
+        assert (int(epochs), float(blend)) == search.best(gate, margin), answer
+        kept_global += int(epochs) == 0
+    assert 10 < kept_global < 190  # the gate both kept the global model and let through
