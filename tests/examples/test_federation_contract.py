@@ -1,0 +1,90 @@
+"""The gateway clients (FederationClient.kt, compiled and run in test_kotlin_client.py;
+FederationClient.swift, checked here only) against the OpenAPI document the running
+gateway serves: routes, methods, fields, required fields, and the order of the protocol
+steps; mutated sources show that each kind of mismatch is reported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.examples.app_sources import read_sources
+from tests.examples.federation_contract import (
+    check_gateway_protocol,
+    check_protocol_order,
+    protocol_steps,
+)
+from tests.server.gateway_harness import GatewayHarness
+
+
+@pytest.fixture(scope="module")
+def openapi(tmp_path_factory: pytest.TempPathFactory, small_artifacts: Path
+            ) -> Iterator[dict[str, Any]]:
+    served = GatewayHarness(tmp_path_factory.mktemp("contract-gateway"), small_artifacts)
+    try:
+        answer = httpx.get(f"{served.url}/openapi.json", timeout=30)
+        assert answer.status_code == 200, answer.text
+        yield answer.json()
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict[str, str]:
+    return read_sources()
+
+
+def all_problems(sources: dict[str, str], openapi: dict[str, Any]) -> list[str]:
+    return check_gateway_protocol(sources, openapi) + check_protocol_order(sources)
+
+
+def test_the_clients_use_only_served_routes_and_fields(sources: dict[str, str],
+                                                        openapi: dict[str, Any]) -> None:
+    assert all_problems(sources, openapi) == []
+
+
+def test_both_clients_take_the_reference_phones_steps(sources: dict[str, str]) -> None:
+    steps = ["enroll", "checkin", "model", "weights", "report"]
+    assert protocol_steps(sources["FederationClient.kt"], "kotlin") == steps
+    assert protocol_steps(sources["FederationClient.swift"], "swift") == steps
+
+
+MUTATIONS = [
+    ("FederationClient.kt", '"/v1/checkin"', '"/v1/check_in"', "not a route"),
+    ("FederationClient.kt", 'request("POST", "/v1/enroll"', 'request("GET", "/v1/enroll"',
+     "GET /v1/enroll is not a route"),
+    ("FederationClient.kt", 'field("retry_after_s")', 'field("retry_after")',
+     "'retry_after'"),
+    ("FederationClient.kt", '"unmetered" to', '"unmetred" to', "'unmetred'"),
+    ("FederationClient.kt", '"idle" to eligibility.idle', '"idle_" to eligibility.idle',
+     "required field 'idle'"),
+    ("FederationClient.kt", '        val start = downloadWeights(task)\n',
+     '        val start = downloadWeights(task)\n        checkIn(eligibility)\n',
+     "protocol steps"),
+    ("FederationClient.swift", '"/v1/tasks/\\(task.taskID)/report"',
+     '"/v1/tasks/\\(task.taskID)/reports"', "not a route"),
+    ("FederationClient.swift", '"enrollment_token":', '"enrolment_token":',
+     "required field 'enrollment_token'"),
+    ("FederationClient.swift", 'field(task, "model_sha256")', 'field(task, "sha256")',
+     "'sha256'"),
+    ("FederationClient.swift",
+     "        try adapter.load(model: try await downloadModel(task), sha256: task.modelSHA256)\n"
+     "        let start = try await downloadWeights(task)\n",
+     "        let start = try await downloadWeights(task)\n"
+     "        try adapter.load(model: try await downloadModel(task), sha256: task.modelSHA256)\n",
+     "protocol steps"),
+]
+
+
+@pytest.mark.parametrize(("file", "old", "new", "reported"), MUTATIONS,
+                         ids=[f"{m[0]}:{m[3]}" for m in MUTATIONS])
+def test_the_checker_reports_a_mutated_client(sources: dict[str, str], openapi: dict[str, Any],
+                                              file: str, old: str, new: str,
+                                              reported: str) -> None:
+    assert sources[file].count(old) == 1, f"the mutation does not apply to {file}"
+    found = all_problems({**sources, file: sources[file].replace(old, new)}, openapi)
+    assert any(reported in p for p in found), found
