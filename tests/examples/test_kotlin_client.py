@@ -199,3 +199,77 @@ def test_the_kotlin_gate_chooses_as_the_simulator(jar: Path, tmp_path: Path) -> 
         assert (int(epochs), float(blend)) == search.best(gate, margin), answer
         kept_global += int(epochs) == 0
     assert 10 < kept_global < 190  # the gate both kept the global model and let through
+
+
+@pytest.fixture(scope="module")
+def encrypted(tmp_path_factory: pytest.TempPathFactory, small_artifacts: Path
+              ) -> tuple[Path, Path, Path]:
+    """A fresh build encrypted for one app key: (folder, PKCS#8 DER, X.509 DER)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from devicetune.artifacts.encryption import encrypt_folder
+
+    base = tmp_path_factory.mktemp("encrypted")
+    key = ec.generate_private_key(ec.SECP256R1())
+    encrypt_folder(small_artifacts, base / "version", [key.public_key()])
+    private = base / "app.pk8"
+    private.write_bytes(key.private_bytes(serialization.Encoding.DER,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public = base / "app.pub.der"
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return base / "version", private, public
+
+
+def _decrypt(jar: Path, folder: Path, private: Path, public: Path, out: Path
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(java_command(jar, "decrypt", str(folder), str(private), str(public),
+                                       str(out)), capture_output=True, text=True, check=False)
+
+
+def test_the_kotlin_app_decrypts_an_encrypted_version(
+        jar: Path, encrypted: tuple[Path, Path, Path], small_artifacts: Path,
+        tmp_path: Path) -> None:
+    """ECDH P-256 + HKDF-SHA256 + AES-256-GCM in javax.crypto opens what
+    artifacts/encryption.py wrote: every payload file back byte for byte."""
+    import json
+
+    folder, private, public = encrypted
+    done = _decrypt(jar, folder, private, public, tmp_path / "plain")
+    assert done.returncode == 0, done.stderr
+    files = json.loads((small_artifacts / "manifest.json").read_text())["files"]
+    assert done.stdout.strip() == "DECRYPTED " + ",".join(sorted(files))
+    for name in files:
+        assert (tmp_path / "plain" / name).read_bytes() == (small_artifacts / name).read_bytes()
+
+
+def test_the_kotlin_app_refuses_another_key_and_an_altered_file(
+        jar: Path, encrypted: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder, private, public = encrypted
+    other = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "other.pk8").write_bytes(other.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "other.der").write_bytes(other.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    refused = _decrypt(jar, folder, tmp_path / "other.pk8", tmp_path / "other.der",
+                       tmp_path / "out1")
+    assert refused.returncode != 0
+    assert "not encrypted for this app's key" in refused.stderr, refused.stderr
+
+    altered = tmp_path / "altered"
+    shutil.copytree(folder, altered)
+    blob = bytearray((altered / "model.tflite.enc").read_bytes())
+    blob[100] ^= 1
+    (altered / "model.tflite.enc").write_bytes(bytes(blob))
+    refused = _decrypt(jar, altered, private, public, tmp_path / "out2")
+    assert refused.returncode != 0
+    assert "model.tflite: decryption failed" in refused.stderr, refused.stderr
+    assert not (tmp_path / "out2" / "model.tflite").exists()

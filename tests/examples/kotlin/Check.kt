@@ -12,7 +12,12 @@ import com.example.devicetune.SeenRerank
 import com.example.devicetune.Tensor
 import com.example.devicetune.TrainResult
 import com.example.devicetune.TrainingAdapter
+import com.example.devicetune.VersionDecryption
 import java.io.File
+import java.security.KeyFactory
+import java.security.interfaces.ECPublicKey
+import java.security.spec.PKCS8EncodedKeySpec
+import java.security.spec.X509EncodedKeySpec
 
 /** Trains by adding `delta` to every weight: the test knows what the server must receive. */
 class DeltaAdapter(private val delta: Float) : TrainingAdapter {
@@ -74,11 +79,24 @@ fun choose(input: File, output: File) {
     output.writeText(lines.joinToString("\n"))
 }
 
+/** Decrypt the encrypted version in `folder` with a PKCS#8 private key and an X.509 public
+ * key (DER files) into `out`. */
+fun decrypt(folder: File, privateDer: File, publicDer: File, out: File) {
+    val factory = KeyFactory.getInstance("EC")
+    val private = factory.generatePrivate(PKCS8EncodedKeySpec(privateDer.readBytes()))
+    val public = factory.generatePublic(X509EncodedKeySpec(publicDer.readBytes())) as ECPublicKey
+    val files = VersionDecryption(private, public)
+        .decrypt(File(folder, "manifest.json").readBytes()) { File(folder, it).readBytes() }
+    for ((name, data) in files) File(out, name).apply { parentFile.mkdirs() }.writeBytes(data)
+    println("DECRYPTED ${files.keys.sorted().joinToString(",")}")
+}
+
 fun main(args: Array<String>) {
     when (args[0]) {
         "federate" -> federate(args[1], args[2], args[3].toFloat(), args[4].toDouble())
         "rerank" -> rerank(File(args[1]), File(args[2]))
         "choose" -> choose(File(args[1]), File(args[2]))
+        "decrypt" -> decrypt(File(args[1]), File(args[2]), File(args[3]), File(args[4]))
         else -> throw IllegalArgumentException("federate or rerank")
     }
 }
