@@ -99,6 +99,7 @@ class VersionDecryption(private val privateKey: PrivateKey, private val publicKe
 
     companion object {
         const val SCHEME = "ecies-p256-hkdf-sha256-aes256gcm/v1"
+        const val ENCRYPTED_SUFFIX = ".enc"
         private val WRAP_INFO = "devicetune/v1 key wrap".toByteArray()
         private val WRAP_AAD = "devicetune/v1 data key".toByteArray()
 
