@@ -137,3 +137,34 @@ def check_protocol_order(sources: dict[str, str]) -> list[str]:
         if found != STEPS:
             problems.append(f"{file}: protocol steps {found}, the reference phone takes {STEPS}")
     return problems
+
+
+def check_recipe_defaults(sources: dict[str, str]) -> list[str]:
+    """RecipeDefaults (PersonalizationRecipe.kt) are fleet.personalization's defaults for
+    seen_rerank, and the fold block is the simulator's."""
+    import inspect
+
+    from devicetune.config.fleet import PersonalizationConfig
+    from devicetune.fleet.personalize import validation_folds
+
+    config = PersonalizationConfig()
+    expected = {"EPOCHS": config.epochs, "CHOOSE_EPOCHS": config.choose_epochs,
+                "VALIDATION_FRACTION": config.validation_fraction, "GATE": config.gate,
+                "GATE_MARGIN": config.margin,
+                "FOLD_BLOCK": inspect.signature(validation_folds).parameters["block"].default}
+    code = strip_comments(sources["PersonalizationRecipe.kt"], "kotlin")
+    found = dict(re.findall(r"const val (\w+) = ([^\n]+)", code))
+    problems = []
+    if config.method != "seen_rerank" or config.blend != "global_error":
+        problems.append(f"the simulator's default recipe is {config.method} with blend "
+                        f"{config.blend!r}; PersonalizationRecipe.kt implements seen_rerank "
+                        "with global_error")
+    for name, value in expected.items():
+        text = found.get(name, "").strip()
+        parsed: Any = text == "true" if text in ("true", "false") else \
+            float(text) if text else None
+        if parsed is None or parsed != value or (isinstance(value, bool)
+                                                 != isinstance(parsed, bool)):
+            problems.append(f"PersonalizationRecipe.kt: {name} = {text or 'missing'}, the "
+                            f"simulator's default is {value!r}")
+    return problems

@@ -16,7 +16,7 @@ ANDROID_DIR = PROJECT_ROOT / "examples" / "app_integration" / "android"
 # The Android-free Kotlin: no android.*, androidx.*, org.json or LiteRT import. The other
 # files of ANDROID_DIR need the Android SDK and are checked by contract only.
 PLAIN_JVM = ("Json.kt", "Safetensors.kt", "FederationClient.kt", "SeenRerank.kt",
-             "VersionDecryption.kt")
+             "VersionDecryption.kt", "PersonalizationRecipe.kt")
 CHECK = PROJECT_ROOT / "tests" / "examples" / "kotlin" / "Check.kt"
 MAIN_CLASS = "devicetune.check.CheckKt"
 

@@ -16,6 +16,7 @@ from tests.examples.app_sources import read_sources
 from tests.examples.federation_contract import (
     check_gateway_protocol,
     check_protocol_order,
+    check_recipe_defaults,
     protocol_steps,
 )
 from tests.server.gateway_harness import GatewayHarness
@@ -39,7 +40,8 @@ def sources() -> dict[str, str]:
 
 
 def all_problems(sources: dict[str, str], openapi: dict[str, Any]) -> list[str]:
-    return check_gateway_protocol(sources, openapi) + check_protocol_order(sources)
+    return (check_gateway_protocol(sources, openapi) + check_protocol_order(sources)
+            + check_recipe_defaults(sources))
 
 
 def test_the_clients_use_only_served_routes_and_fields(sources: dict[str, str],
@@ -77,6 +79,10 @@ MUTATIONS = [
      "        let start = try await downloadWeights(task)\n"
      "        try adapter.load(model: try await downloadModel(task), sha256: task.modelSHA256)\n",
      "protocol steps"),
+    ("PersonalizationRecipe.kt", "const val EPOCHS = 20", "const val EPOCHS = 10",
+     "EPOCHS = 10"),
+    ("PersonalizationRecipe.kt", "const val GATE = true", "const val GATE = false",
+     "GATE = false"),
 ]
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -177,7 +178,8 @@ def test_the_kotlin_seen_rerank_rule_is_the_simulators(jar: Path, tmp_path: Path
 
 
 def test_the_kotlin_gate_chooses_as_the_simulator(jar: Path, tmp_path: Path) -> None:
-    """SeenRerank.choose against SeenRerankSearch.best: random counts, ties, gate on/off."""
+    """SeenRerank.choose against SeenRerankSearch.best: random counts, ties, gate on/off,
+    epochs chosen or fixed."""
     rng = np.random.default_rng(3)
     searches, lines = [], []
     for _ in range(200):
@@ -186,17 +188,18 @@ def test_the_kotlin_gate_chooses_as_the_simulator(jar: Path, tmp_path: Path) -> 
         search.correct = rng.integers(0, search.total + 1,
                                       size=search.correct.shape).astype(float)
         gate, margin = bool(rng.integers(0, 2)), float(rng.choice([0.0, 1.0, 2.0]))
-        searches.append((search, gate, margin))
+        choose = bool(rng.integers(0, 2))
+        searches.append((search, gate, margin, choose))
         lines.append(f"{str(gate).lower()};{margin!r};{search.total};{_csv(search.blends)};"
-                     + "|".join(_csv(row) for row in search.correct))
+                     + "|".join(_csv(row) for row in search.correct) + f";{str(choose).lower()}")
     (tmp_path / "in.txt").write_text("\n".join(lines))
     subprocess.run(java_command(jar, "choose", str(tmp_path / "in.txt"),
                                 str(tmp_path / "out.txt")), check=True)
     answers = (tmp_path / "out.txt").read_text().splitlines()
     kept_global = 0
-    for (search, gate, margin), answer in zip(searches, answers, strict=True):
+    for (search, gate, margin, choose), answer in zip(searches, answers, strict=True):
         epochs, blend = answer.split(";")
-        assert (int(epochs), float(blend)) == search.best(gate, margin), answer
+        assert (int(epochs), float(blend)) == search.best(gate, margin, choose), answer
         kept_global += int(epochs) == 0
     assert 10 < kept_global < 190  # the gate both kept the global model and let through
 
@@ -273,3 +276,86 @@ def test_the_kotlin_app_refuses_another_key_and_an_altered_file(
     assert refused.returncode != 0
     assert "model.tflite: decryption failed" in refused.stderr, refused.stderr
     assert not (tmp_path / "out2" / "model.tflite").exists()
+
+
+class LinearRuntime:
+    """The simulator's runtime, reduced to a dense softmax head on fixed features trained
+    by full-batch gradient descent in float64 (what Check.kt's LinearHead does), so the
+    simulator's own `_seen_rerank` and the Kotlin recipe see the same head."""
+
+    def __init__(self) -> None:
+        self.kernel = self.bias = np.zeros(0)
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        self.kernel, self.bias = (np.asarray(w, np.float64) for w in weights)
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [self.kernel.astype(np.float32), self.bias.astype(np.float32)]
+
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, rng: Any,
+            learning_rate: float, on_epoch: Any = None) -> None:
+        for epoch in range(1, epochs + 1):
+            logits = x @ self.kernel + self.bias
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(y)), y] -= 1.0
+            self.kernel = self.kernel - learning_rate * (x.T @ p) / len(y)
+            self.bias = self.bias - learning_rate * p.sum(axis=0) / len(y)
+            if on_epoch is not None:
+                on_epoch(epoch)
+
+
+def _recipe_case(seed: int, own_labels: bool) -> dict[str, Any]:
+    """A device with 80 past examples of classes 0-2 (of 5) and 40 future ones of all five;
+    its labels follow its own rule (``own_labels``: personalisation can gain) or the
+    global model's (nothing to gain: the gate must keep the global model)."""
+    rng = np.random.default_rng(seed)
+    d, classes = 6, 5
+    kernel = rng.normal(size=(d, classes)).astype(np.float32)
+    bias = np.zeros(classes, np.float32)
+    own = rng.normal(size=(d, classes))
+
+    def label(x: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        scores = x @ (own if own_labels else kernel.astype(np.float64))
+        masked = np.full_like(scores, -np.inf)
+        masked[:, allowed] = scores[:, allowed]
+        return masked.argmax(axis=1)
+
+    x, test_x = rng.normal(size=(80, d)), rng.normal(size=(40, d))
+    return {"classes": classes, "rate": 0.5, "kernel": kernel.ravel().tolist(),
+            "bias": bias.tolist(), "x": x.tolist(), "y": label(x, np.arange(3)).tolist(),
+            "test_x": test_x.tolist(), "test_y": label(test_x, np.arange(classes)).tolist()}
+
+
+def test_the_kotlin_recipe_chooses_as_the_simulator(jar: Path, tmp_path: Path) -> None:
+    """PersonalizationRecipe.kt with its defaults and the simulator's `_seen_rerank` with
+    PersonalizationConfig's: the same epochs, blend and accuracy on the future examples,
+    on devices where personalisation gains and where the gate keeps the global model."""
+    import json
+
+    from devicetune.config.fleet import PersonalizationConfig
+    from devicetune.fleet.personalize import _seen_rerank
+    from devicetune.run_files import PersonalizationResult
+
+    outcomes = []
+    for seed, own_labels in [(0, True), (1, True), (2, True), (3, False), (4, False)]:
+        case = _recipe_case(seed, own_labels)
+        (tmp_path / f"case{seed}.json").write_text(json.dumps(case))
+        done = subprocess.run(java_command(jar, "recipe", str(tmp_path / f"case{seed}.json")),
+                              capture_output=True, text=True, check=True)
+        epochs, blend, accuracy = done.stdout.strip().removeprefix("RECIPE ").split(";")
+        x, y = np.array(case["x"]), np.array(case["y"])
+        test_x, test_y = np.array(case["test_x"]), np.array(case["test_y"])
+        start = PersonalizationResult(device_id=seed, platform="android", tier="", n_train=80,
+                                      n_test=40, acc_global=float("nan"),
+                                      acc_personal=float("nan"), epochs=0, kept_global=True)
+        kernel = np.array(case["kernel"], np.float32).reshape(6, 5)
+        ours = _seen_rerank(LinearRuntime(), x, y, test_x, test_y,
+                            [kernel, np.array(case["bias"], np.float32)],
+                            PersonalizationConfig(), case["rate"], np.random.default_rng(0),
+                            ["linear"], start)
+        assert (int(epochs), float(blend)) == (ours.epochs, ours.blend), (seed, done.stdout)
+        if ours.blend:
+            assert float(accuracy) == pytest.approx(ours.acc_personal, abs=1e-12)
+        outcomes.append(ours.blend > 0)
+    assert any(outcomes[:3]) and not any(outcomes[3:])  # both sides of the gate ran

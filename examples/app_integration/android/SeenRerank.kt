@@ -54,12 +54,14 @@ object SeenRerank {
     /** The gate over cross-validated counts: `correct[e][b]` examples right after `e`
      * epochs with `blends[b]` (`blends[0]` = 0, `e` = 0: the global model). Returns
      * (epochs, blend), (0, 0.0) when no pair beats the global model by `margin` binomial
-     * standard errors (SeenRerankSearch.best in personalize_seen.py). */
+     * standard errors (SeenRerankSearch.best in personalize_seen.py); `chooseEpochs` false:
+ * the last epoch count only. */
     fun choose(correct: Array<DoubleArray>, blends: DoubleArray, total: Int, gate: Boolean,
-               margin: Double): Pair<Int, Double> {
+               margin: Double, chooseEpochs: Boolean = true): Pair<Int, Double> {
         val baseline = correct[0][0]
         var best: Triple<Double, Int, Int>? = null // (score, epochs, blend index)
-        for (e in 1 until correct.size) for (b in 1 until blends.size) {
+        val first = if (chooseEpochs) 1 else correct.size - 1 // else: the last epoch count only
+        for (e in first until correct.size) for (b in 1 until blends.size) {
             val s = correct[e][b]
             val better = best == null || s > best.first ||
                 (s == best.first && (e < best.second || (e == best.second && b < best.third)))

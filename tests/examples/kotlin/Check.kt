@@ -6,7 +6,10 @@ package devicetune.check
 import com.example.devicetune.Eligibility
 import com.example.devicetune.FederationClient
 import com.example.devicetune.Instructions
+import com.example.devicetune.Json
 import com.example.devicetune.MemoryCredentials
+import com.example.devicetune.PersonalHead
+import com.example.devicetune.PersonalizationRecipe
 import com.example.devicetune.ReportOutcome
 import com.example.devicetune.SeenRerank
 import com.example.devicetune.Tensor
@@ -64,7 +67,7 @@ fun rerank(input: File, output: File) {
     output.writeText(lines.joinToString("\n"))
 }
 
-/** Each input line: gate;margin;total;blends;counts (rows split by '|'); each output
+/** Each input line: gate;margin;total;blends;counts (rows split by '|');chooseEpochs; each output
  * line: epochs;blend. */
 fun choose(input: File, output: File) {
     val lines = input.readLines().filter { it.isNotBlank() }.map { line ->
@@ -73,7 +76,8 @@ fun choose(input: File, output: File) {
         val counts = parts[4].split("|").map { row ->
             row.split(",").map { it.toDouble() }.toDoubleArray() }.toTypedArray()
         val (epochs, blend) = SeenRerank.choose(counts, blends, parts[2].toInt(),
-                                                parts[0].toBoolean(), parts[1].toDouble())
+                                                parts[0].toBoolean(), parts[1].toDouble(),
+                                                parts[5].toBoolean())
         "$epochs;$blend"
     }
     output.writeText(lines.joinToString("\n"))
@@ -91,11 +95,80 @@ fun decrypt(folder: File, privateDer: File, publicDer: File, out: File) {
     println("DECRYPTED ${files.keys.sorted().joinToString(",")}")
 }
 
+/** A dense softmax head on fixed features, trained by full-batch gradient descent in
+ * doubles: deterministic, so the simulator's recipe can run the same head in numpy. */
+class LinearHead(private val x: Array<DoubleArray>, private val y: IntArray,
+                 private val classes: Int, private val rate: Double) : PersonalHead {
+    private var w = DoubleArray(0)
+    private var b = DoubleArray(0)
+
+    override fun setWeights(weights: Map<String, FloatArray>) {
+        w = weights.getValue("kernel").map { it.toDouble() }.toDoubleArray()
+        b = weights.getValue("bias").map { it.toDouble() }.toDoubleArray()
+    }
+
+    override fun getWeights() = mapOf("kernel" to w.map { it.toFloat() }.toFloatArray(),
+                                      "bias" to b.map { it.toFloat() }.toFloatArray())
+
+    fun probabilities(row: DoubleArray): DoubleArray {
+        val logits = DoubleArray(classes) { c -> b[c] + row.indices.sumByDouble { row[it] * w[it * classes + c] } }
+        val top = logits.max()!!
+        val exp = logits.map { Math.exp(it - top) }
+        val sum = exp.sum()
+        return exp.map { it / sum }.toDoubleArray()
+    }
+
+    override fun probabilities(rows: IntArray) = Array(rows.size) { probabilities(x[rows[it]]) }
+
+    override fun trainEpoch(rows: IntArray) {
+        val gw = DoubleArray(w.size)
+        val gb = DoubleArray(classes)
+        for (r in rows) {
+            val p = probabilities(x[r])
+            p[y[r]] -= 1.0
+            for (k in x[r].indices) for (c in 0 until classes) gw[k * classes + c] += x[r][k] * p[c] / rows.size
+            for (c in 0 until classes) gb[c] += p[c] / rows.size
+        }
+        for (i in w.indices) w[i] -= rate * gw[i]
+        for (c in b.indices) b[c] -= rate * gb[c]
+    }
+}
+
+/** The recipe on a JSON case (kernel, bias, x, y, test_x, test_y, classes, rate); prints
+ * epochs, blend and the accuracy of the personalised predictions on the test rows. */
+fun recipe(input: File) {
+    val case = Json.parse(input.readText()) as Map<*, *>
+    fun matrix(key: String) = (case[key] as List<*>).map { row ->
+        (row as List<*>).map { (it as Double) }.toDoubleArray() }.toTypedArray()
+    fun ints(key: String) = (case[key] as List<*>).map { (it as Double).toInt() }.toIntArray()
+    fun floats(key: String) = (case[key] as List<*>).map { (it as Double).toFloat() }.toFloatArray()
+    val classes = (case["classes"] as Double).toInt()
+    val x = matrix("x")
+    val y = ints("y")
+    val head = LinearHead(x, y, classes, case["rate"] as Double)
+    val global = mapOf("kernel" to floats("kernel"), "bias" to floats("bias"))
+    val state = PersonalizationRecipe.personalize(head, y, global, "sha-of-global")
+    val testX = matrix("test_x")
+    val testY = ints("test_y")
+    var right = 0
+    for (i in testX.indices) {
+        head.setWeights(global)
+        val pGlobal = head.probabilities(testX[i])
+        val predicted = if (state.personal == null) SeenRerank.predict(pGlobal, pGlobal, state.seen, 0.0) else {
+            head.setWeights(state.personal!!)
+            SeenRerank.predict(pGlobal, head.probabilities(testX[i]), state.seen, state.blend)
+        }
+        if (predicted == testY[i]) right++
+    }
+    println("RECIPE ${state.epochs};${state.blend};${right.toDouble() / testX.size}")
+}
+
 fun main(args: Array<String>) {
     when (args[0]) {
         "federate" -> federate(args[1], args[2], args[3].toFloat(), args[4].toDouble())
         "rerank" -> rerank(File(args[1]), File(args[2]))
         "choose" -> choose(File(args[1]), File(args[2]))
+        "recipe" -> recipe(File(args[1]))
         "decrypt" -> decrypt(File(args[1]), File(args[2]), File(args[3]), File(args[4]))
         else -> throw IllegalArgumentException("federate or rerank")
     }
