@@ -11,7 +11,7 @@ from tests.conftest import PROJECT_ROOT
 APP_DIR = PROJECT_ROOT / "examples" / "app_integration"
 KOTLIN = {"DevicetuneModel.kt", "ModelManifest.kt", "ModelUpdater.kt", "SignatureVerifier.kt",
           "FederationClient.kt", "FederationWorker.kt", "Json.kt", "Safetensors.kt",
-          "SeenRerank.kt", "VersionDecryption.kt", "PersonalizationRecipe.kt"}
+          "SeenRerank.kt", "VersionDecryption.kt", "PersonalizationRecipe.kt", "Personalization.kt"}
 SWIFT = {"DevicetuneModel.swift", "ModelManifest.swift", "ModelUpdater.swift",
          "SignatureVerifier.swift", "FederationClient.swift", "FederationTraining.swift",
          "SeenRerank.swift"}
