@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import random
@@ -189,6 +190,7 @@ def main() -> None:
           "check-in | p50/p99 ms weights | p50/p99 ms report | server CPU ms / accepted "
           "report | server peak RSS MB |")
     print("|---:|---:|---|---:|---:|---|---|---|---:|---:|")
+    results = []
     for enrolled in args.enrolled:
         r = run(args.artifacts, enrolled, args.per_round, args.rounds)
         lat = {k: f"{v[0] * 1e3:.0f} / {v[1] * 1e3:.0f}" for k, v in r["latency"].items()}
@@ -199,6 +201,11 @@ def main() -> None:
               f"{r['cpu_s'] / max(1, r['accepted']) * 1e3:.2f} | "
               f"{r['peak_rss'] / 2**20:.0f} |", flush=True)
         print(f"  refused: {r['refused']}", flush=True)
+        results.append({k: v for k, v in r.items() if k != "latency"} | {"latency_ms": {
+            k: {"p50": v[0] * 1e3, "p99": v[1] * 1e3, "n": v[2]}
+            for k, v in r["latency"].items()}})
+    print(json.dumps({"benchmark": "gateway_load", "per_round": args.per_round,
+                      "results": results}))
 
 
 if __name__ == "__main__":

@@ -182,3 +182,31 @@ def test_enrolled_devices_survive_a_restart(harness: GatewayHarness, tmp_path: P
     phone = harness.phone()
     again = Gateway(harness.gateway.out_dir, TOKEN, harness.names, 5.0, 1.0, 4)
     assert again.authenticate(f"Bearer {phone.credential}") == phone.device_id
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"token": ""}, "holds no token"),
+    ({"token": "short"}, "under 16 characters"),
+    ({"token": None}, "no such file"),
+    ({"privacy": {"mode": "fixed"}}, "not supported yet"),
+    ({"server": {"secagg": True, "devices_per_round": 3}}, "SecAgg+"),
+])
+def test_a_gateway_config_it_cannot_honour_is_refused_in_one_line(
+        tmp_path: Path, change: dict, message: str) -> None:
+    from devicetune.errors import ConfigError
+    from devicetune.server.federation import check_serve_config
+    from tests.conftest import small_config
+
+    token = tmp_path / "token"
+    if change.get("token", TOKEN) is not None:
+        token.write_text(change.get("token", TOKEN))
+    server = {"gateway": {"enabled": True, "enrollment_token_file": str(token)},
+              **change.get("server", {})}
+    sections = {"server": server, **({"privacy": change["privacy"]}
+                                     if "privacy" in change else {})}
+    with pytest.raises(ConfigError, match=message) as refused:
+        check_serve_config(small_config(**sections))
+    assert "\n" not in str(refused.value)
+    token.write_text(TOKEN)
+    check_serve_config(small_config(server={"gateway": {
+        "enabled": True, "enrollment_token_file": str(token)}}))  # the fixed config runs

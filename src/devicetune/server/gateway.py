@@ -225,6 +225,9 @@ class Gateway:
                    weights_safetensors: bytes) -> None:
         with self.lock:
             self.round = _Round(number, deadline, weights_safetensors, start)
+            # The previous round's tasks stay (a late report is told 410, a retried one
+            # is answered again); older ones go, with the weights they hold.
+            self.tasks = {k: t for k, t in self.tasks.items() if t.round >= number - 1}
 
     def assign(self, device: int, message: Any, instructions: dict[str, Any]) -> Task:
         """A task for ``device`` in the open round (it learns of it at its check-in)."""
