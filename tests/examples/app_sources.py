@@ -14,7 +14,7 @@ KOTLIN = {"DevicetuneModel.kt", "ModelManifest.kt", "ModelUpdater.kt", "Signatur
           "SeenRerank.kt", "VersionDecryption.kt", "PersonalizationRecipe.kt", "Personalization.kt"}
 SWIFT = {"DevicetuneModel.swift", "ModelManifest.swift", "ModelUpdater.swift",
          "SignatureVerifier.swift", "FederationClient.swift", "FederationTraining.swift",
-         "SeenRerank.swift"}
+         "SeenRerank.swift", "VersionDecryption.swift"}
 # Files that talk to the device gateway, not the registry (federation_contract checks them).
 GATEWAY_FILES = {"FederationClient.kt", "FederationClient.swift"}
 

@@ -168,3 +168,27 @@ def check_recipe_defaults(sources: dict[str, str]) -> list[str]:
             problems.append(f"PersonalizationRecipe.kt: {name} = {text or 'missing'}, the "
                             f"simulator's default is {value!r}")
     return problems
+
+
+def check_decryption(sources: dict[str, str], encrypted_manifest: dict[str, Any]) -> list[str]:
+    """VersionDecryption.kt and .swift read only keys a real encrypted manifest has, and
+    name the scheme and the suffix artifacts/encryption.py writes."""
+    from devicetune.artifacts.encryption import ENCRYPTED_SUFFIX, SCHEME
+    from tests.examples.app_contract import json_keys
+
+    problems = []
+    keys = json_keys(encrypted_manifest)
+    for file, constant in (("VersionDecryption.kt", r'const val (\w+) = "([^"]*)"'),
+                           ("VersionDecryption.swift", r'static let (\w+) = "([^"]*)"')):
+        code = strip_comments(sources[file], lang_of(file))
+        used = re.findall(r'\w\["(\w+)"\]', code)
+        if not used:
+            problems.append(f"{file}: reads no manifest key")
+        problems += [f"{file}: reads {k!r}, which an encrypted manifest does not have"
+                     for k in sorted(set(used) - keys)]
+        found = {name.lower(): value for name, value in re.findall(constant, code)}
+        for name, value in (("scheme", SCHEME), ("encrypted_suffix", ENCRYPTED_SUFFIX)):
+            if found.get(name, found.get(name.replace("_", ""))) != value:
+                problems.append(f"{file}: {name} is {found.get(name)!r}, devicetune writes "
+                                f"{value!r}")
+    return problems

@@ -1,7 +1,8 @@
 """The gateway clients (FederationClient.kt, compiled and run in test_kotlin_client.py;
 FederationClient.swift, checked here only) against the OpenAPI document the running
 gateway serves: routes, methods, fields, required fields, and the order of the protocol
-steps; mutated sources show that each kind of mismatch is reported."""
+steps; the recipe's defaults against the simulator's; the decryption code against a real
+encrypted manifest. Mutated sources show that each kind of mismatch is reported."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.examples.app_sources import read_sources
 from tests.examples.federation_contract import (
+    check_decryption,
     check_gateway_protocol,
     check_protocol_order,
     check_recipe_defaults,
@@ -39,14 +41,32 @@ def sources() -> dict[str, str]:
     return read_sources()
 
 
-def all_problems(sources: dict[str, str], openapi: dict[str, Any]) -> list[str]:
-    return (check_gateway_protocol(sources, openapi) + check_protocol_order(sources)
-            + check_recipe_defaults(sources))
+@pytest.fixture(scope="module")
+def encrypted_manifest(tmp_path_factory: pytest.TempPathFactory, small_artifacts: Path
+                       ) -> dict[str, Any]:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from devicetune.artifacts.encryption import encrypt_folder
+
+    folder = tmp_path_factory.mktemp("encrypted-contract") / "version"
+    encrypt_folder(small_artifacts, folder, [ec.generate_private_key(ec.SECP256R1()).public_key()])
+    return json.loads((folder / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def all_problems(openapi: dict[str, Any], encrypted_manifest: dict[str, Any]) -> Any:
+    def problems(sources: dict[str, str]) -> list[str]:
+        return (check_gateway_protocol(sources, openapi) + check_protocol_order(sources)
+                + check_recipe_defaults(sources) + check_decryption(sources, encrypted_manifest))
+
+    return problems
 
 
 def test_the_clients_use_only_served_routes_and_fields(sources: dict[str, str],
-                                                        openapi: dict[str, Any]) -> None:
-    assert all_problems(sources, openapi) == []
+                                                        all_problems: Any) -> None:
+    assert all_problems(sources) == []
 
 
 def test_both_clients_take_the_reference_phones_steps(sources: dict[str, str]) -> None:
@@ -83,14 +103,19 @@ MUTATIONS = [
      "EPOCHS = 10"),
     ("PersonalizationRecipe.kt", "const val GATE = true", "const val GATE = false",
      "GATE = false"),
+    ("VersionDecryption.kt", 'entry["wrapped_key"]', 'entry["wrappedKey"]', "'wrappedKey'"),
+    ("VersionDecryption.swift", 'entry["ephemeral_public_key"]', 'entry["ephemeral_key"]',
+     "'ephemeral_key'"),
+    ("VersionDecryption.swift", 'static let encryptedSuffix = ".enc"',
+     'static let encryptedSuffix = ".encrypted"', "encrypted_suffix"),
 ]
 
 
 @pytest.mark.parametrize(("file", "old", "new", "reported"), MUTATIONS,
                          ids=[f"{m[0]}:{m[3]}" for m in MUTATIONS])
-def test_the_checker_reports_a_mutated_client(sources: dict[str, str], openapi: dict[str, Any],
+def test_the_checker_reports_a_mutated_client(sources: dict[str, str], all_problems: Any,
                                               file: str, old: str, new: str,
                                               reported: str) -> None:
     assert sources[file].count(old) == 1, f"the mutation does not apply to {file}"
-    found = all_problems({**sources, file: sources[file].replace(old, new)}, openapi)
+    found = all_problems({**sources, file: sources[file].replace(old, new)})
     assert any(reported in p for p in found), found
