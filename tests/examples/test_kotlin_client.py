@@ -361,3 +361,32 @@ def test_the_kotlin_recipe_chooses_as_the_simulator(jar: Path, tmp_path: Path) -
             assert float(accuracy) == pytest.approx(ours.acc_personal, abs=1e-12)
         outcomes.append(ours.blend > 0)
     assert any(outcomes[:3]) and not any(outcomes[3:])  # both sides of the gate ran
+
+
+def test_the_kotlin_client_refuses_a_model_that_is_not_the_tasks(
+        jar: Path, harness: GatewayHarness) -> None:
+    """The real model, downloaded for a task that names another sha256: refused."""
+    done = subprocess.run(java_command(jar, "bad-model", harness.url, TOKEN),
+                          capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "ACCEPTED" not in done.stdout
+    assert "the model does not match the task's sha256" in done.stderr, done.stderr
+
+
+def test_the_kotlin_safetensors_reader_refuses_what_it_cannot_read(
+        jar: Path, tmp_path: Path) -> None:
+    """A file safetensors.numpy wrote reads back; a truncated one and a float64 tensor
+    are refused with a message naming the problem."""
+    from safetensors.numpy import save
+
+    good = save({"a": np.arange(6, dtype=np.float32).reshape(2, 3),
+                 "b": np.ones(4, np.float32)}, metadata={"num_examples": "3"})
+    cases = {"good": good, "truncated": good[:-4],
+             "float64": save({"a": np.zeros(3, np.float64)})}
+    answers = {}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        answers[name] = subprocess.run(java_command(jar, "decode", str(tmp_path / name)),
+                                       capture_output=True, text=True, check=False)
+    assert answers["good"].stdout.strip() == "DECODED a:6,b:4", answers["good"].stderr
+    assert "b runs past the end" in answers["truncated"].stderr
+    assert "a is F64, not F32" in answers["float64"].stderr

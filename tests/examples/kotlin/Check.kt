@@ -11,6 +11,8 @@ import com.example.devicetune.MemoryCredentials
 import com.example.devicetune.PersonalHead
 import com.example.devicetune.PersonalizationRecipe
 import com.example.devicetune.ReportOutcome
+import com.example.devicetune.Safetensors
+import com.example.devicetune.Task
 import com.example.devicetune.SeenRerank
 import com.example.devicetune.Tensor
 import com.example.devicetune.TrainResult
@@ -163,12 +165,30 @@ fun recipe(input: File) {
     println("RECIPE ${state.epochs};${state.blend};${right.toDouble() / testX.size}")
 }
 
+/** Download the round's model with a wrong expected sha256: the client must refuse it. */
+fun badModel(url: String, token: String) {
+    val client = FederationClient(url, MemoryCredentials())
+    client.enroll(token)
+    val task = Task("no-task", 0, "/v1/tasks/no-task/weights", "/v1/model/android", "0".repeat(64),
+                    Instructions(1, 0.01, 0.0, false))
+    client.downloadModel(task)
+    println("ACCEPTED") // not reached when the client refuses
+}
+
+/** Decode a safetensors file; print its tensors' names and element counts. */
+fun decode(file: File) {
+    val decoded = Safetensors.decode(file.readBytes())
+    println("DECODED " + decoded.tensors.entries.joinToString(",") { "${it.key}:${it.value.data.size}" })
+}
+
 fun main(args: Array<String>) {
     when (args[0]) {
         "federate" -> federate(args[1], args[2], args[3].toFloat(), args[4].toDouble())
         "rerank" -> rerank(File(args[1]), File(args[2]))
         "choose" -> choose(File(args[1]), File(args[2]))
         "recipe" -> recipe(File(args[1]))
+        "bad-model" -> badModel(args[1], args[2])
+        "decode" -> decode(File(args[1]))
         "decrypt" -> decrypt(File(args[1]), File(args[2]), File(args[3]), File(args[4]))
         else -> throw IllegalArgumentException("federate or rerank")
     }
