@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/devicetune simulate simulations/quickstart.toml --out out/quickstart --overwrite
 
+# Two workers: see tests/conftest.py for how the suite is split between them.
 test: $(STAMP) kotlin
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # Debian's Kotlin compiler (and OpenJDK 17): tests/examples/test_kotlin_client.py compiles
 # and runs the app's plain-JVM Kotlin with it. Skipped when kotlinc is already there.

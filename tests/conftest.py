@@ -14,6 +14,20 @@ from devicetune.config import DevicetuneConfig, parse_config, resolve_data_dir
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): the
+# real-process tests spend much of their time waiting on Flower's polling, which the other
+# worker fills. A module is one unit of work, so its module-scoped builds run once; the
+# modules that start a local Ray share one unit, so two Ray clusters never start at once.
+SHARED_UNITS = {"tests/fleet/test_sharded.py": "ray", "tests/fleet/test_simulate.py": "ray"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(SHARED_UNITS.get(module, module)))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared datasets folder ($DEVICETUNE_DATA or ../shared/datasets)."""

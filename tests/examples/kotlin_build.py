@@ -5,6 +5,7 @@ root, named by the sources' sha256, so a rerun with unchanged sources does not c
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import time
@@ -35,13 +36,13 @@ def compile_jar(cache: Path) -> tuple[Path, float]:
     kotlinc = shutil.which("kotlinc")
     assert kotlinc is not None, "kotlinc is missing: run `make kotlin` (Debian's kotlin package)"
     cache.mkdir(parents=True, exist_ok=True)
-    partial = jar.with_suffix(".partial.jar")
+    partial = jar.with_suffix(f".{os.getpid()}.partial.jar")  # two runs never share one
     started = time.monotonic()
     done = subprocess.run([kotlinc, *map(str, sources()), "-include-runtime", "-d",
                            str(partial)], capture_output=True, text=True, check=False)
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr
-    partial.rename(jar)
+    os.replace(partial, jar)
     return jar, seconds
 
 

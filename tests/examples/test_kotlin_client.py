@@ -4,6 +4,7 @@ phone, and the seen_rerank rule and its gate give what the simulator's numpy giv
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -24,8 +25,11 @@ DELTA = 0.001  # what the test's Kotlin adapter adds to every weight
 
 @pytest.fixture(scope="module")
 def jar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Kept beside the numbered session folders, which pytest keeps for three runs.
-    built, seconds = compile_jar(tmp_path_factory.getbasetemp().parent / "kotlin-jars")
+    # Kept beside pytest's numbered session folders (above a worker's own folder under
+    # pytest-xdist), so an unchanged set of sources is compiled once across runs.
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent.parent if os.environ.get("PYTEST_XDIST_WORKER") else base.parent
+    built, seconds = compile_jar(root / "kotlin-jars")
     print(f"\nkotlinc: {seconds:.1f} s" if seconds else "\nkotlinc: jar cached")
     return built
 

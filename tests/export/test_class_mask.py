@@ -9,10 +9,10 @@ import pytest
 from coremltools.proto import Model_pb2
 
 from devicetune.device.batching import padded_batches
+from devicetune.device.coreml_reference import CoreMLReference
 from devicetune.device.litert import LiteRTModel
 from devicetune.errors import ArtifactError
 from devicetune.export.coreml import CLASS_OFFSET, updatable_problems
-from devicetune.export.coreml_reference import CoreMLReference
 from devicetune.model.class_mask import present_classes
 from tests.export.conftest import examples
 from tests.export.coreml_cases import converted

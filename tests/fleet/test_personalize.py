@@ -112,3 +112,16 @@ def test_too_little_data_to_validate_keeps_the_global_head(small_artifacts: Path
                           PersonalizationConfig(epochs=5, gate=False), 0.005, rng,
                           _activations(small_artifacts))
     assert not ungated.kept_global and ungated.epochs == 5
+
+
+def test_zero_epochs_keeps_the_global_head_for_every_method(small_artifacts: Path,
+                                                            data_dir: Path) -> None:
+    runtime, pop, global_weights = _setup(small_artifacts, data_dir)
+    for method in ("seen_rerank", "gated_finetune"):
+        spec = PersonalizationConfig(epochs=0, method=method)
+        for config in (spec, naive(spec)):
+            result = personalize(runtime, pop.local_data(1), pop.profile(1), global_weights,
+                                 config, 0.005, np.random.default_rng(0),
+                                 _activations(small_artifacts))
+            assert result.kept_global and result.epochs == 0
+            assert result.acc_personal == result.acc_global

@@ -97,7 +97,8 @@ class PersonalizationConfig(Section):
         description="share of each person's data (the latest) kept to measure on; default: "
         "fleet.data.test_fraction",
     )
-    epochs: int = Field(20, ge=0, le=1000, description="most epochs cross-validation may pick")
+    epochs: int = Field(20, ge=0, le=1000, description="most epochs cross-validation may "
+                        "pick; 0: every device keeps the global model")
     learning_rate: PositiveFloat | None = Field(None, description="default: the model's")
     blend: float | Literal["cross_validated", "global_error"] = Field(
         "global_error",

@@ -69,6 +69,8 @@ def personalize(runtime: DeviceRuntime, data: LocalData, profile: DeviceProfile,
         device_id=profile.device_id, platform=profile.platform, tier=profile.tier,
         n_train=len(train_y), n_test=len(test_y), acc_global=float(acc_global),
         acc_personal=float(acc_global), epochs=0, kept_global=True)
+    if config.epochs == 0 and config.method != "seen_knn":
+        return result  # nothing to fine-tune with: every device keeps the global head
     if config.method in ("seen_rerank", "seen_knn") and activations is None:
         raise ValueError(f"method {config.method!r} needs the head's activations")
     if config.method == "seen_knn":

@@ -44,7 +44,8 @@ _LOCK_WAIT_S = 15.0
 _SETTLE_S = 10.0
 
 
-def run_server(grid: Grid, settings: AppSettings, announce: bool = False) -> list[np.ndarray]:
+def run_server(grid: Grid, settings: AppSettings, announce: bool = False
+               ) -> list[np.ndarray]:
     """Run the configured rounds over ``grid``; write metrics, state and the final
     weights into ``settings.out_dir``; return the final weights.
 
@@ -54,9 +55,9 @@ def run_server(grid: Grid, settings: AppSettings, announce: bool = False) -> lis
     of `flwr run` or `serve`, not one in a caller's process) logs each round into
     ``server.log`` and onto stderr.
     """
-    if getattr(settings, "serve_pid", 0):
+    if settings.serve_pid:
         _die_with(settings.serve_pid)
-    if announce or getattr(settings, "serve_pid", 0):
+    if announce or settings.serve_pid:
         # server.log, and stderr: `serve` keeps it in superlink.log, `flwr run --stream`
         # shows it (joins, each round, versions, rejected updates).
         _log_to_run_folder(Path(settings.out_dir))
@@ -191,6 +192,9 @@ def check_serve_config(config: DevicetuneConfig) -> None:
         raise ConfigError("server.secagg = true hides each device's update, so the server "
                           "cannot clip it for privacy.mode = "
                           f"{config.privacy.mode!r}; use one or the other")
+    if config.server.secagg and config.server.acceptance_tolerance is not None:
+        raise ConfigError("server.acceptance_tolerance is not run on the SecAgg+ path; "
+                          "remove it or set server.secagg = false")
     if config.server.gateway.enabled:
         from devicetune.server.gateway import read_enrollment_token
 
@@ -208,9 +212,6 @@ def check_serve_config(config: DevicetuneConfig) -> None:
             raise ConfigError(f"server.gateway.port = {config.server.gateway.port} is "
                               "the SuperLink's server.port; choose another")
         read_enrollment_token(config.server.gateway.enrollment_token_file)
-    if config.server.secagg and config.server.acceptance_tolerance is not None:
-        raise ConfigError("server.acceptance_tolerance is not run on the SecAgg+ path; "
-                          "remove it or set server.secagg = false")
 
 
 def _initial_weights(config: DevicetuneConfig, artifact: list[np.ndarray]) -> list[np.ndarray]:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
     from devicetune.fleet.round_updates import RoundUpdates
+    from devicetune.server.acceptance import AcceptanceCheck
     from devicetune.server.private import PrivacyGuard, PrivateAggregation
 
 log = logging.getLogger("devicetune.server")
@@ -107,11 +108,11 @@ class FederatedLoop:
             it the weights stay and the record says ``quorum: false``.
         privacy: a `PrivacyGuard` when user-level DP is on: the budget gate before a
             round, Poisson sampling of devices, the ledger after a released aggregate.
+        accept: an `AcceptanceCheck`, ``(current, candidate) -> (commit?, accuracy)``:
+            an aggregate it refuses is not committed (the record says ``accepted``).
         over_selection: sample this many times ``devices_per_round`` (a grid that
             closes a round at ``devices_per_round`` replies, the gateway's, then does
             not wait for the slowest devices); not under DP, which samples by coin flips.
-        accept: an `AcceptanceCheck`, ``(current, candidate) -> (commit?, accuracy)``:
-            an aggregate it refuses is not committed (the record says ``accepted``).
     """
 
     strategy: RoundStrategy
@@ -125,8 +126,8 @@ class FederatedLoop:
     round_timeout_s: float | None = None
     min_devices: int = 1
     privacy: PrivacyGuard | None = None
+    accept: AcceptanceCheck | None = None
     over_selection: float = 1.0
-    accept: Any = None
     # Per device that trained with DP-SGD: (steps so far, local examples).
     device_dp_steps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -214,6 +215,13 @@ class FederatedLoop:
             extra=extra,
         )
 
+    def _rewind_server_optimizer(self) -> None:
+        """A strategy that keeps the model it last produced (FedAvgM, FedAdam) goes back
+        to the committed one, so its next pseudo-gradient is taken from there."""
+        inner: Any = getattr(self.strategy, "inner", self.strategy)
+        if getattr(inner, "current_arrays", None) is not None:
+            inner.current_arrays = weights_to_record(self.names, self.weights)
+
     @property
     def dp_aggregation(self) -> PrivateAggregation:
         """The strategy as DP-FedAvg, which it is while ``privacy`` is on."""
@@ -225,13 +233,6 @@ class FederatedLoop:
     def _clip_norm(self) -> float:
         """The clip norm DP-FedAvg used this round."""
         return float(self.dp_aggregation.last["clip_norm"])
-
-    def _rewind_server_optimizer(self) -> None:
-        """A strategy that keeps the model it last produced (FedAvgM, FedAdam) goes back
-        to the committed one, so its next pseudo-gradient is taken from there."""
-        inner = getattr(self.strategy, "inner", self.strategy)
-        if getattr(inner, "current_arrays", None) is not None:
-            inner.current_arrays = weights_to_record(self.names, self.weights)
 
     def _validate_stacked(self, updates: RoundUpdates
                           ) -> tuple[RoundUpdates, int, list[float]]:
