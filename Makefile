@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint lock clean
+.PHONY: demo test lint lock clean kotlin
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ demo: $(STAMP)
 	$(VENV)/bin/devicetune simulate simulations/quickstart.toml --out out/quickstart --overwrite
 
 # Two workers: see tests/conftest.py for how the suite is split between them.
-test: $(STAMP)
+test: $(STAMP) kotlin
 	$(PY) -m pytest -n 2 --dist loadgroup
+
+# Debian's Kotlin compiler (and OpenJDK 17): tests/examples/test_kotlin_client.py compiles
+# and runs the app's plain-JVM Kotlin with it. Skipped when kotlinc is already there.
+kotlin:
+	@command -v kotlinc >/dev/null || { \
+		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y kotlin; }
+	@kotlinc -version 2>&1 | grep -q kotlinc-jvm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

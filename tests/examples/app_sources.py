@@ -9,9 +9,14 @@ import re
 from tests.conftest import PROJECT_ROOT
 
 APP_DIR = PROJECT_ROOT / "examples" / "app_integration"
-KOTLIN = {"DevicetuneModel.kt", "ModelManifest.kt", "ModelUpdater.kt", "SignatureVerifier.kt"}
+KOTLIN = {"DevicetuneModel.kt", "ModelManifest.kt", "ModelUpdater.kt", "SignatureVerifier.kt",
+          "FederationClient.kt", "FederationWorker.kt", "Json.kt", "Safetensors.kt",
+          "SeenRerank.kt", "VersionDecryption.kt", "PersonalizationRecipe.kt", "Personalization.kt"}
 SWIFT = {"DevicetuneModel.swift", "ModelManifest.swift", "ModelUpdater.swift",
-         "SignatureVerifier.swift"}
+         "SignatureVerifier.swift", "FederationClient.swift", "FederationTraining.swift",
+         "SeenRerank.swift", "VersionDecryption.swift"}
+# Files that talk to the device gateway, not the registry (federation_contract checks them).
+GATEWAY_FILES = {"FederationClient.kt", "FederationClient.swift"}
 
 # ----------------------------------------------------------------------------- reading
 

@@ -74,7 +74,8 @@ data class ModelManifest(
     /** File name -> hex sha256 of every payload file of the version. */
     val files: Map<String, String>,
     val tflite: TfliteEntry,
-    /** True when the payload files are encrypted for the app's key (not handled here). */
+    /** True when the payload files are encrypted for the app's key: ModelUpdater decrypts them
+     *  (VersionDecryption) after the signature verified. */
     val encrypted: Boolean,
 ) {
     /** Number of floats in one example. */

@@ -194,6 +194,8 @@ class ModelUpdater(
     private val store: ModelStore,
     private val verifier: VersionVerifier,
     private val deviceId: String,
+    /** The app's key for versions emitted with emit.encrypt_for ([keystoreDecryption]). */
+    private val decryption: VersionDecryption? = null,
 ) {
     sealed interface Outcome {
         data class UpToDate(val version: Int) : Outcome
@@ -222,8 +224,29 @@ class ModelUpdater(
                                   RegistryClient.MAX_JSON_BYTES)
             registry.downloadManifest(name, version, File(staging, VersionFiles.MANIFEST_FILE))
             val signed = verifier.verifyManifest(staging, version)
-            registry.downloadFile(name, version, signed.tflite.file, File(staging, signed.tflite.file),
-                                  RegistryClient.MAX_MODEL_BYTES)
+            if (signed.encrypted) {
+                // Decrypted only after its signature verified: the .enc file's sha256 is the
+                // signed one before a byte of it reaches the cipher.
+                val keys = decryption ?: throw InvalidModelException(
+                    "version $version is encrypted (emit.encrypt_for) and this app has no key")
+                val encrypted = signed.tflite.file + VersionDecryption.ENCRYPTED_SUFFIX
+                registry.downloadFile(name, version, encrypted, File(staging, encrypted),
+                                      RegistryClient.MAX_MODEL_BYTES)
+                if (sha256File(File(staging, encrypted)) != signed.files[encrypted]) {
+                    throw InvalidModelException("$encrypted does not match its signed sha256")
+                }
+                val plain = try {
+                    keys.decrypt(File(staging, VersionFiles.MANIFEST_FILE).readBytes()) {
+                        File(staging, it).readBytes()
+                    }
+                } catch (e: DecryptionException) {
+                    throw InvalidModelException(e.message ?: "decryption failed", e)
+                }
+                File(staging, signed.tflite.file).writeBytes(plain.getValue(signed.tflite.file))
+            } else {
+                registry.downloadFile(name, version, signed.tflite.file, File(staging, signed.tflite.file),
+                                      RegistryClient.MAX_MODEL_BYTES)
+            }
             val manifest = verifier.verifyFolder(staging, version) // every byte now on disk
             val folder = store.commit(staging, version)
             model.replaceWith(File(folder, manifest.tflite.file), manifest) // opens it first
@@ -277,4 +300,18 @@ class ModelUpdater(
             }
         }
     }
+}
+
+/**
+ * The app's decryption key pair from the Android Keystore: generate it once with
+ * `KeyGenParameterSpec.Builder(alias, KeyProperties.PURPOSE_AGREE_KEY)` and
+ * `ECGenParameterSpec("secp256r1")` (API 31), and give its public key (the certificate's,
+ * PEM) to the publisher for `emit.encrypt_for`. The private key never leaves the Keystore:
+ * KeyAgreement uses it there.
+ */
+fun keystoreDecryption(alias: String): VersionDecryption {
+    val keyStore = java.security.KeyStore.getInstance("AndroidKeyStore").apply { load(null) }
+    val private = keyStore.getKey(alias, null) as java.security.PrivateKey
+    val public = keyStore.getCertificate(alias).publicKey as java.security.interfaces.ECPublicKey
+    return VersionDecryption(private, public)
 }

@@ -224,10 +224,13 @@ class VersionVerifier(private val signatures: SignatureVerifier, private val mod
                 "manifest says ${manifest.version}")
         }
         if (manifest.encrypted) {
-            throw InvalidModelException("version ${manifest.version} is encrypted " +
-                "(emit.encrypt_for); decrypting is not part of this example")
-        }
-        if (manifest.files[manifest.tflite.file] != manifest.tflite.sha256) {
+            // Signed as encrypted (encrypt, then sign): the signature covers the .enc
+            // file; its plaintext is checked against tflite.sha256 after decryption.
+            if (manifest.tflite.file + VersionDecryption.ENCRYPTED_SUFFIX !in manifest.files) {
+                throw InvalidModelException("encrypted version ${manifest.version} lacks " +
+                    "${manifest.tflite.file}${VersionDecryption.ENCRYPTED_SUFFIX}")
+            }
+        } else if (manifest.files[manifest.tflite.file] != manifest.tflite.sha256) {
             throw InvalidModelException("manifest.json's tflite.sha256 disagrees with its files")
         }
         return manifest
@@ -241,6 +244,12 @@ class VersionVerifier(private val signatures: SignatureVerifier, private val mod
      */
     fun verifyFolder(folder: File, expectedVersion: Int? = null): ModelManifest {
         val manifest = verifyManifest(folder, expectedVersion)
+        if (manifest.encrypted) { // the signed ciphertext, then (below) its decryption
+            val encrypted = manifest.tflite.file + VersionDecryption.ENCRYPTED_SUFFIX
+            if (sha256File(File(folder, encrypted)) != manifest.files[encrypted]) {
+                throw InvalidModelException("$encrypted does not match its signed sha256")
+            }
+        }
         val modelFile = manifest.tflite.file
         if (sha256File(File(folder, modelFile)) != manifest.tflite.sha256) {
             throw InvalidModelException("$modelFile does not match its signed sha256")

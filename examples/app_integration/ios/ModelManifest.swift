@@ -52,7 +52,8 @@ struct ModelManifest: Decodable, Sendable {
     /// File name -> hex sha256 of every payload file of the version.
     let files: [String: String]
     let coreml: CoreMLEntry?
-    /// True when the payload files are encrypted for the app's key (not handled here).
+    /// True when the payload files are encrypted for the app's key: ModelUpdater decrypts
+    /// them (VersionDecryption) after the signature verified.
     let encrypted: Bool
 
     enum CodingKeys: String, CodingKey {

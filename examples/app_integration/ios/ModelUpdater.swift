@@ -205,6 +205,8 @@ struct ModelUpdater: Sendable {
     let store: ModelStore
     let verifier: VersionVerifier
     let deviceID: String
+    /// The app's key for versions emitted with emit.encrypt_for (a Secure Enclave key).
+    var decryption: VersionDecryption? = nil
 
     enum Outcome: Sendable, Equatable {
         case upToDate(version: Int)
@@ -231,11 +233,32 @@ struct ModelUpdater: Sendable {
         try await registry.downloadManifest(
             name: name, version: version,
             to: staging.appendingPathComponent(VersionFiles.manifestFile))
-        let coreml = try verifier.verifyManifest(in: staging, expectedVersion: version)
-            .requireCoreML()
-        try await registry.downloadFile(
-            name: name, version: version, file: coreml.file,
-            to: staging.appendingPathComponent(coreml.file), maxBytes: 512 << 20)
+        let signed = try verifier.verifyManifest(in: staging, expectedVersion: version)
+        let coreml = try signed.requireCoreML()
+        if signed.encrypted {
+            // Decrypted only after the signature verified and the .enc file matched it.
+            guard let decryption else {
+                throw InvalidModelError("version \(version) is encrypted (emit.encrypt_for) and this app has no key")
+            }
+            let encrypted = coreml.file + VersionDecryption.encryptedSuffix
+            try await registry.downloadFile(
+                name: name, version: version, file: encrypted,
+                to: staging.appendingPathComponent(encrypted), maxBytes: 512 << 20)
+            guard try sha256(ofFileAt: staging.appendingPathComponent(encrypted)) == signed.files[encrypted] else {
+                throw InvalidModelError("\(encrypted) does not match its signed sha256")
+            }
+            let plain = try decryption.decrypt(
+                manifest: try Data(contentsOf: staging.appendingPathComponent(VersionFiles.manifestFile))
+            ) { try Data(contentsOf: staging.appendingPathComponent($0)) }
+            guard let model = plain[coreml.file] else {
+                throw InvalidModelError("the encrypted version has no \(coreml.file)")
+            }
+            try model.write(to: staging.appendingPathComponent(coreml.file))
+        } else {
+            try await registry.downloadFile(
+                name: name, version: version, file: coreml.file,
+                to: staging.appendingPathComponent(coreml.file), maxBytes: 512 << 20)
+        }
         let manifest = try verifier.verifyFolder(staging, expectedVersion: version)
         try await store.compile(in: staging, manifest: manifest)
         let folder = try store.commit(staging: staging, version: version)

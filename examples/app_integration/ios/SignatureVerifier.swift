@@ -134,12 +134,15 @@ struct VersionVerifier: Sendable {
             throw InvalidModelError("asked for version \(expectedVersion), the signed manifest "
                 + "says \(manifest.version)")
         }
-        guard !manifest.encrypted else {
-            throw InvalidModelError("version \(manifest.version) is encrypted (emit.encrypt_for); "
-                + "decrypting is not part of this example")
-        }
         let coreml = try manifest.requireCoreML()
-        guard manifest.files[coreml.file] == coreml.sha256 else {
+        if manifest.encrypted {
+            // Signed as encrypted: the signature covers the .enc file; its plaintext is
+            // checked against coreml.sha256 after decryption (ModelUpdater).
+            guard manifest.files[coreml.file + VersionDecryption.encryptedSuffix] != nil else {
+                throw InvalidModelError("encrypted version \(manifest.version) lacks "
+                    + coreml.file + VersionDecryption.encryptedSuffix)
+            }
+        } else if manifest.files[coreml.file] != coreml.sha256 {
             throw InvalidModelError("manifest.json's coreml.sha256 disagrees with its files")
         }
         return manifest
@@ -149,6 +152,12 @@ struct VersionVerifier: Sendable {
     func verifyFolder(_ folder: URL, expectedVersion: Int? = nil) throws -> ModelManifest {
         let manifest = try verifyManifest(in: folder, expectedVersion: expectedVersion)
         let coreml = try manifest.requireCoreML()
+        if manifest.encrypted {
+            let encrypted = coreml.file + VersionDecryption.encryptedSuffix
+            guard try sha256(ofFileAt: folder.appendingPathComponent(encrypted)) == manifest.files[encrypted] else {
+                throw InvalidModelError("\(encrypted) does not match its signed sha256")
+            }
+        }
         guard try sha256(ofFileAt: folder.appendingPathComponent(coreml.file)) == coreml.sha256 else {
             throw InvalidModelError("\(coreml.file) does not match its signed sha256")
         }
