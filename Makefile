@@ -25,7 +25,7 @@ test: $(STAMP) kotlin
 kotlin:
 	@command -v kotlinc >/dev/null || { \
 		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
-		$$SUDO apt-get update && $$SUDO apt-get install -y kotlin; }
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y kotlin; }
 	@kotlinc -version 2>&1 | grep -q kotlinc-jvm
 
 lint: $(STAMP)

@@ -49,7 +49,11 @@ def test_only_registered_devices_join_and_a_claimed_id_is_refused(
     superlink_log = (out / "superlink.log").read_text()
     assert "SuperNode authentication is disabled" not in superlink_log
     _, stranger_err = federation.output(federation.processes[-1])
-    assert "Connection attempt failed" in stranger_err  # never admitted
+    # Never admitted: Flower's activation fails, and the device says so in one line.
+    assert "Failed to activate SuperNode" in stranger_err, stranger_err[-2000:]
+    assert stranger_err.strip().splitlines()[-1].startswith(
+        "device 0: the SuperLink at 127.0.0.1:"), stranger_err[-2000:]
+    assert "refused this device" in stranger_err
 
 
 def test_device_keys_need_tls_and_a_key_per_device(tmp_path: Path) -> None:

@@ -74,7 +74,8 @@ HEARTBEAT_CALL_TIMEOUT_S = 20
 # Flower's log colours are kept for terminals: off one, the stderr of the SuperNode and
 # of what it starts (SuperExec, ClientApps) passes through a filter that drops them.
 _SUPERNODE = f"""\
-import os, re, sys, threading
+import os, re, sys, threading, time
+_started = time.monotonic()
 _filter = None
 if not os.isatty(2):
     _read, _write = os.pipe()
@@ -120,6 +121,12 @@ if seen["gave_up"] and seen["answered"]:
            f"within {{patience:g}} s (the federation finished, or the server stopped); "
            "exiting")
     code = 0
+elif seen["gave_up"] and time.monotonic() - _started < patience:
+    # Given up before the patience ran out: the SuperLink answered with a refusal (an
+    # unregistered or wrong key: Flower's message is above), not with silence.
+    why = (f"{{label}}: the SuperLink at {{superlink}} refused this device (see Flower's "
+           "error above: an unregistered or wrong --auth-key?); exiting")
+    code = 3
 elif seen["gave_up"]:
     why = (f"{{label}}: no SuperLink answered at {{superlink}} within {{patience:g}} s; "
            "exiting (start `devicetune serve` first, or wait longer with --patience-s)")
