@@ -39,15 +39,19 @@ def _listening(port: int) -> bool:
 
 
 class _Phone(ReferencePhone):
-    """A reference phone that says when it receives a task of round 2."""
+    """A reference phone that, given a task of round 2 before the kill, is still training
+    when the server dies: it says so, and reports only once the server was killed, so
+    its report meets the resumed server (which lost that round) whatever the timing."""
 
     round_two = threading.Event()
+    killed = threading.Event()
 
-    def check_in(self) -> dict:
-        answer = super().check_in()
-        if (answer["task"] or {}).get("round") == 2:
+    def train(self, task: dict) -> bytes:
+        body = super().train(task)
+        if task["round"] == 2 and not self.killed.is_set():
             self.round_two.set()
-        return answer
+            self.killed.wait(WAIT_S)
+        return body
 
 
 def _run(phone: ReferencePhone, stop: threading.Event) -> None:
@@ -97,6 +101,7 @@ def test_http_phones_and_a_supernode_federate_survive_a_kill_and_get_a_signed_ve
         # SIGKILL once round 1 is committed and phones hold tasks of round 2.
         assert _Phone.round_two.wait(WAIT_S), "no task of round 2"
         kill_tree(server)
+        _Phone.killed.set()
         assert [r["round"] for r in metrics_rows(out)] == [1]
         resumed = federation.serve(config_path, out, "--artifacts", str(small_artifacts),
                                    "--resume", log_name="resumed")

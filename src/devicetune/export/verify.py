@@ -139,18 +139,8 @@ def tflite_parity(program: DeviceProgram, lite: LiteRTModel, x: np.ndarray, y: n
     def weights_check(name: str, note: str) -> Check:
         ours = np.concatenate([w.ravel() for w in _ordered(lite.get_weights(), program)])
         reference = np.concatenate([w.ravel() for w in program.weights()])
-        check = Check.compare(name, ours, reference, TRAIN_RELATIVE_TOLERANCE, relative=True,
-                              note=note)
-        spec = program.optimizer_spec
-        floor = ADAM_STEP_FRACTION * spec.learning_rate
-        if spec.name != "adam" or check.tolerance >= floor:
-            return check
-        # Adam divides each step by the root of its squared-gradient average, so where a
-        # confident model's gradients are near zero, float32 rounding (TensorFlow's
-        # kernels against XNNPACK's, which differ by CPU) changes steps by up to their
-        # size. Allow half of one step.
-        return Check(name, check.max_abs_diff, floor, check.max_abs_diff <= floor,
-                     f"{note}; Adam: tolerance half of one step (0.5 x learning rate)")
+        return _adam_floor(Check.compare(name, ours, reference, TRAIN_RELATIVE_TOLERANCE,
+                                         relative=True, note=note), program)
 
     train_both(steps)
     checks.append(weights_check(f"tflite.train.{steps}_steps",
@@ -228,11 +218,11 @@ def coreml_parity(reference: CoreMLReference, program: DeviceProgram,
     for batch in padded_batches(features, labels, reference.batch_size, order=order):
         program.train(*batch)
     ours = _flat(reference.get_weights(), program.names)
-    checks.append(Check.compare(
+    checks.append(_adam_floor(Check.compare(
         "coreml.update.1_epoch", ours, np.concatenate([w.ravel() for w in program.weights()]),
         COREML_TOLERANCE, note=f"{len(labels)} examples, batch {reference.batch_size}, "
         f"{reference.update_parameters.optimizer}; float32 TensorFlow against the float64 "
-        "reference (Adam magnifies the rounding of near-zero gradients)"))
+        "reference (Adam magnifies the rounding of near-zero gradients)"), program))
 
     saved = CoreMLReference(reference.save(Path(scratch) / "updated.mlmodel"))
     checks.append(Check.compare("coreml.save_reload", _flat(saved.get_weights(), program.names),
@@ -247,12 +237,29 @@ def coreml_parity(reference: CoreMLReference, program: DeviceProgram,
     for batch in padded_batches(features[rows], labels[rows], reference.batch_size,
                                 order=order):
         program.train_masked(*batch, class_mask)
-    checks.append(Check.compare(
+    checks.append(_adam_floor(Check.compare(
         "coreml.update_masked.1_epoch", _flat(reference.get_weights(), program.names),
         np.concatenate([w.ravel() for w in program.weights()]), COREML_TOLERANCE,
         note="restricted softmax (FedRS) on half of the classes, through the frozen "
-        "class_offset layer"))
+        "class_offset layer"), program))
     return checks
+
+
+def _adam_floor(check: Check, program: DeviceProgram) -> Check:
+    """``check`` with, under Adam, a tolerance of at least half of one step.
+
+    Adam divides each step by the root of its squared-gradient average, so where a
+    confident model's gradients are near zero, float32 rounding (TensorFlow's kernels
+    against XNNPACK's, which differ by CPU, or against the float64 Core ML reference)
+    changes steps by up to their size. A wrong learning rate still fails: it moves every
+    weight by a whole step's difference (tests/export/test_tflite.py).
+    """
+    spec = program.optimizer_spec
+    floor = ADAM_STEP_FRACTION * spec.learning_rate
+    if spec.name != "adam" or check.tolerance >= floor:
+        return check
+    return Check(check.name, check.max_abs_diff, floor, check.max_abs_diff <= floor,
+                 f"{check.note}; Adam: tolerance half of one step (0.5 x learning rate)")
 
 
 def _half_of_the_classes(classes: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -53,12 +53,22 @@ READY_TIMEOUT_S = 60.0
 # failed with "database is locked", and when it was a device's reply the update was
 # lost. Writers that wait longer lose nothing; the wait is bounded.
 SQLITE_BUSY_TIMEOUT_MS = 120_000
+# A device's reply is pushed in an object push session that expires 180 s after its last
+# object (Flower's OBJECT_PUSH_SESSION_TTL_SECONDS). With writes that may each wait up to
+# the busy timeout above, a loaded SuperLink let sessions expire mid-reply ("Failed to
+# push object ... The push session may have expired"), losing the update; sessions now
+# outlive several such waits.
+OBJECT_PUSH_SESSION_TTL_S = 900
 _SUPERLINK = f"""\
 import sys
+import flwr.supercore.corestate.in_memory_corestate as in_memory_corestate
+import flwr.supercore.corestate.sql_corestate as sql_corestate
 import flwr.supercore.sql_mixin as sql_mixin
 sql_mixin.SQLITE_PRAGMAS = tuple(
     ("busy_timeout", "{SQLITE_BUSY_TIMEOUT_MS}") if name == "busy_timeout" else (name, value)
     for name, value in sql_mixin.SQLITE_PRAGMAS)
+sql_corestate.OBJECT_PUSH_SESSION_TTL_SECONDS = {OBJECT_PUSH_SESSION_TTL_S}
+in_memory_corestate.OBJECT_PUSH_SESSION_TTL_SECONDS = {OBJECT_PUSH_SESSION_TTL_S}
 from flwr.superlink.cli import flower_superlink
 sys.argv[0] = "flower-superlink"
 sys.exit(flower_superlink())
