@@ -335,15 +335,13 @@ def main() -> None:
             f"{r['rounds_refused']:>7d}"
         )
     # The target: after the rounds, at most 1 point below where they started.
-    met = sorted(
-        m
-        for m in {r["method"] for r in rows}
-        if all(r["change_points"] >= -1.0 for r in rows if r["method"] == m)
-    )
     per_scenario = {
         s: [r["method"] for r in rows if r["scenario"] == s and r["change_points"] >= -1.0]
         for s in dict.fromkeys(r["scenario"] for r in rows)
     }
+    # Everywhere: met in every scenario run (a method run in only some is not counted).
+    methods = dict.fromkeys(r["method"] for r in rows)
+    met = sorted(m for m in methods if all(m in ms for ms in per_scenario.values()))
     print(f"\nwithin 1 point of the start in every scenario: {'; '.join(met)}")
     for s, ms in per_scenario.items():
         print(f"  {s}: {'; '.join(ms) or 'none'}")
