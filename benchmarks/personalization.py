@@ -38,7 +38,8 @@ Methods (all with ``epochs = 20``, the model's learning rate):
 
 The global model is the built one (pretrained centrally, no federated rounds), so the
 rows measure personalization alone. `federation_columns` is the place for global
-accuracy before and after federated rounds per federation method (not measured here).
+accuracy before and after federated rounds per federation method (not measured here;
+``label_shift_federation.py`` measures it on these scenarios).
 
 Run:  .venv/bin/python benchmarks/personalization.py [--epochs 20] [--work DIR]
 Prints a table and one JSON line.
