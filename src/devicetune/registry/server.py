@@ -13,7 +13,7 @@ import socket
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -64,7 +64,59 @@ def serve(registry: Registry, *, token: str | None, host: str = "127.0.0.1",
     uvicorn.Server(config).run()
 
 
-class RegistryServer:
+class BackgroundServer:
+    """An ASGI app served by uvicorn from a background thread, on a socket bound when
+    the object is made (port 0: a free one, with no window in which another process
+    could take it); HTTPS when ``tls`` holds a certificate and key; a context manager.
+    The registry and the device gateway are served this way."""
+
+    def __init__(self, app: Any, *, host: str, port: int, tls: dict[str, Any],
+                 thread_name: str, timeout_keep_alive_s: int = 5) -> None:
+        self.scheme = "https" if tls else "http"
+        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                     socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((host, port))
+        except OSError:
+            self._socket.close()
+            raise
+        self.host, self.port = self._socket.getsockname()[:2]
+        config = uvicorn.Config(app, log_level="warning", access_log=False,
+                                timeout_keep_alive=timeout_keep_alive_s, **tls)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._socket]},
+                                        name=thread_name, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def start(self) -> Self:
+        """Start serving; returns once the server accepts connections."""
+        self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the {self._thread.name} thread stopped while starting")
+            self._thread.join(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Finish the requests in flight, then stop."""
+        self._server.should_exit = True
+        self._thread.join()
+        self._socket.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+
+class RegistryServer(BackgroundServer):
     """A registry served from a background thread; a context manager.
 
     Example::
@@ -76,41 +128,6 @@ class RegistryServer:
     def __init__(self, registry: Registry, *, token: str | None,
                  host: str = "127.0.0.1", port: int = 0, certificate: Path | None = None,
                  private_key: Path | None = None) -> None:
-        tls = tls_options(certificate, private_key)
-        self.scheme = "https" if tls else "http"
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.host, self.port = self._socket.getsockname()[:2]
-        config = uvicorn.Config(create_app(registry, token=token), log_level="warning",
-                                access_log=False, **tls)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run,
-                                        kwargs={"sockets": [self._socket]},
-                                        name="registry-server", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    def start(self) -> RegistryServer:
-        """Start serving; returns once the server accepts connections."""
-        self._thread.start()
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the registry server thread stopped while starting")
-            self._thread.join(0.01)
-        return self
-
-    def stop(self) -> None:
-        """Finish the requests in flight, then stop."""
-        self._server.should_exit = True
-        self._thread.join()
-        self._socket.close()
-
-    def __enter__(self) -> RegistryServer:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
+        super().__init__(create_app(registry, token=token), host=host, port=port,
+                         tls=tls_options(certificate, private_key),
+                         thread_name="registry-server")

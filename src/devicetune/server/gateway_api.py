@@ -29,10 +29,7 @@ The document is served at /openapi.json (browsable at /docs) and checked in as
 
 # No `from __future__ import annotations`: FastAPI reads the dependencies in the
 # handlers' annotations at runtime, and they name functions local to create_gateway_app.
-import socket
-import threading
 from pathlib import Path
-from types import TracebackType
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -45,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from devicetune.registry.server import BackgroundServer, tls_options
 from devicetune.server.gateway import Gateway, Refused, Task
 
 MAX_JSON_BYTES = 64 << 10
@@ -260,59 +258,22 @@ class _BodyLimit:
         await self.app(scope, receive, send)
 
 
-class GatewayServer:
+class GatewayServer(BackgroundServer):
     """The gateway's app served by uvicorn from a background thread (HTTPS with a
     certificate and key); a context manager, as `devicetune.registry.RegistryServer`."""
 
     def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
                  certificate: Path | None = None, private_key: Path | None = None) -> None:
-        import uvicorn
-
         from devicetune.errors import ServerError
-        from devicetune.registry.server import tls_options
 
-        tls = tls_options(certificate, private_key)
-        self.scheme = "https" if tls else "http"
-        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._socket.bind((host, port))
+            super().__init__(app, host=host, port=port,
+                             tls=tls_options(certificate, private_key),
+                             thread_name="device-gateway", timeout_keep_alive_s=30)
         except OSError as exc:
-            self._socket.close()
             raise ServerError(f"cannot serve the device gateway on {host}:{port}: "
                               f"{(exc.strerror or str(exc)).lower()}; set "
                               "server.gateway.port to a free port") from None
-        self.host, self.port = self._socket.getsockname()[:2]
-        config = uvicorn.Config(app, log_level="warning", access_log=False,
-                                timeout_keep_alive=30, **tls)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run,
-                                        kwargs={"sockets": [self._socket]},
-                                        name="device-gateway", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    def start(self) -> "GatewayServer":
-        self._thread.start()
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the gateway server thread stopped while starting")
-            self._thread.join(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join()
-        self._socket.close()
-
-    def __enter__(self) -> "GatewayServer":
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
 
 
 def openapi_document() -> dict[str, Any]:
