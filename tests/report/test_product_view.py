@@ -53,6 +53,11 @@ def test_the_page_states_the_trade_off_with_intervals(run_copy: Path) -> None:
     assert report.tradeoff.startswith("The trade-off measured: naive fine-tuning")
     assert naive in report.tradeoff and recipe in report.tradeoff
     assert report.tradeoff.count("95% interval") == 4
+    # It describes the recipe the run used, not a fixed one.
+    from devicetune.report.headline import RECIPES
+
+    method = summary["personalization_method"]["name"]
+    assert RECIPES[method] in report.tradeoff
     text = report.html.read_text()
     assert '<p class="tradeoff">' in text and "95% interval</th>" in text
     assert text.count("data-interval=") >= 5

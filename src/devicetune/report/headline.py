@@ -166,12 +166,24 @@ def tradeoff(summary: dict[str, Any] | None, intervals: Intervals | None) -> str
     else:
         verdict = ("Here the recipe harms more devices than naive fine-tuning: look at the "
                    "harmed devices below before shipping it.")
+    method = (s.get("personalization_method") or {}).get("name", "gated_finetune")
     return (f"The trade-off measured: naive fine-tuning on each device's own data reached "
             f"{shown(n_acc, 'naive.accuracy.mean')} mean accuracy and lowered accuracy on "
             f"{shown(n_harmed, 'naive.fraction_harmed')} of devices; devicetune's recipe "
-            f"(epochs chosen by cross-validation, the global head kept unless fine-tuning "
-            f"wins clearly) reached {shown(acc, 'accuracy_personal.mean')} and lowered it "
-            f"on {shown(harmed, 'fraction_harmed')}. {verdict}")
+            f"({RECIPES.get(method, method)}) reached {shown(acc, 'accuracy_personal.mean')} "
+            f"and lowered it on {shown(harmed, 'fraction_harmed')}. {verdict}")
+
+
+# What each personalization method does, in the words of the trade-off sentence.
+RECIPES = {
+    "seen_rerank": "the personal head only re-ranks among the classes a device has seen, "
+                   "so no unseen class's output changes, and only where it wins clearly on "
+                   "the device's past",
+    "seen_knn": "a nearest-neighbour vote on the device's past re-ranks only among the "
+                "classes it has seen, and only where it wins clearly",
+    "gated_finetune": "epochs chosen by cross-validation, the global head kept unless "
+                      "fine-tuning wins clearly",
+}
 
 
 def _federation_from_summary(s: dict[str, Any]) -> Table:
