@@ -12,7 +12,8 @@ from devicetune.device.batching import padded_batches
 from devicetune.device.coreml_reference import CoreMLReference
 from devicetune.device.litert import LiteRTModel
 from devicetune.errors import ArtifactError
-from devicetune.export.coreml import CLASS_OFFSET, updatable_problems
+from devicetune.export.coreml import CLASS_OFFSET
+from devicetune.export.coreml_rules import updatable_problems
 from devicetune.model.class_mask import present_classes
 from tests.export.conftest import examples
 from tests.export.coreml_cases import converted

@@ -26,10 +26,10 @@ from devicetune.export.coreml import (
     PROBABILITIES,
     convert_backbone,
     coreml_entry,
-    updatable_problems,
     write_coreml,
 )
 from devicetune.export.coreml_knn import KNNReference, build_knn_spec
+from devicetune.export.coreml_rules import updatable_problems
 from tests.export.conftest import examples
 from tests.export.coreml_cases import IDS, VARIANTS, converted
 

@@ -192,7 +192,7 @@ def coreml_parity(reference: CoreMLReference, program: DeviceProgram,
     ``scratch`` is a folder for the save-and-reload check.
     """
     from devicetune.device.coreml_reference import CoreMLReference
-    from devicetune.export.coreml import updatable_problems
+    from devicetune.export.coreml_rules import updatable_problems
 
     problems = updatable_problems(reference.spec)
     checks = [Check("coreml.updatable", float(len(problems)), 0.0, not problems,
