@@ -72,12 +72,16 @@ class FleetGridBase(Grid):
             online = np.intersect1d(online, chosen)
         return [node_id(int(k)) for k in online]
 
-    def _drops_out(self, device: int) -> bool:
-        if self.population.drops_out(device, self.server_round):
-            self.dropped.append(device)
-            self.on_device(device)
-            return True
-        return False
+    def _staying(self, messages: Iterable[Message]) -> list[tuple[int, Message]]:
+        """``(device, message)`` of the devices that do not drop out mid-round (decided
+        for the whole round at once); the others are recorded as dropped."""
+        pairs = [(device_id(m.metadata.dst_node_id), m) for m in messages]
+        leaves = self.population.dropouts([d for d, _ in pairs], self.server_round)
+        for (device, _), gone in zip(pairs, leaves, strict=True):
+            if gone:
+                self.dropped.append(device)
+                self.on_device(device)
+        return [pair for pair, gone in zip(pairs, leaves, strict=True) if not gone]
 
     # The rest of the Grid interface talks to a SuperLink, which this grid has none of.
     def set_run(self, run: Any) -> None:
@@ -115,11 +119,8 @@ class InlineGrid(FleetGridBase):
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         replies = []
-        for message in messages:
-            device = device_id(message.metadata.dst_node_id)
+        for device, message in self._staying(messages):
             profile = self.population.profile(device)
-            if self._drops_out(device):
-                continue
             runtime = self.runtimes[profile.platform]
             compute = training_data(runtime, lambda d=device: self.population.local_data(d))
             reply = handle_train(

@@ -7,6 +7,7 @@ as at 100,000.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 from devicetune.config import FleetConfig
 from devicetune.data.labeled import LabeledData
 from devicetune.data.sources import DeviceDataSource, FleetInput, open_fleet_data, user_of
+from devicetune.fleet.streams import first_uniforms
 
 _PROFILE_CACHE = 100_000
 
@@ -124,9 +126,15 @@ class Population:
 
     def drops_out(self, device_id: int, server_round: int) -> bool:
         """Whether a sampled device leaves mid-round (deterministic per round)."""
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 6, server_round,
-                                                            device_id]))
-        return bool(rng.random() < self.fleet.dropout)
+        return bool(self.dropouts([device_id], server_round)[0])
+
+    def dropouts(self, device_ids: Sequence[int], server_round: int) -> np.ndarray:
+        """`drops_out` of each of ``device_ids``, decided for all of them at once: each
+        device's coin is the first draw of its own generator, seeded by
+        ``[seed, 6, round, device]``, so it does not depend on who else is asked."""
+        if self.fleet.dropout == 0.0:  # a draw in [0, 1) is never below 0
+            return np.zeros(len(device_ids), bool)
+        return first_uniforms((self.seed, 6, server_round), device_ids) < self.fleet.dropout
 
     def sample_ids(self, count: int, salt: int) -> list[int]:
         """A fixed, seeded choice of ``count`` devices (for evaluation sets)."""

@@ -28,7 +28,6 @@ import numpy as np
 from flwr.app import Message
 
 from devicetune.config import DevicetuneConfig
-from devicetune.fleet.grid import device_id
 from devicetune.fleet.messages import ARRAYS, CONFIG, TrainInstructions, record_to_weights
 from devicetune.fleet.population import Population
 from devicetune.fleet.round_updates import RoundUpdates
@@ -111,10 +110,7 @@ class ShardedGrid(VectorizedGrid):
         instructions = TrainInstructions.from_config(dict(messages[0].content[CONFIG]))
         devices: list[list[int]] = [[] for _ in self.workers]
         requests: list[list[Message]] = [[] for _ in self.workers]
-        for message in messages:
-            device = device_id(message.metadata.dst_node_id)
-            if self._drops_out(device):
-                continue
+        for device, message in self._staying(messages):
             devices[device % self.shards].append(device)
             requests[device % self.shards].append(message)
         busy = [k for k in range(self.shards) if devices[k]]

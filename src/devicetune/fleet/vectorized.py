@@ -20,7 +20,7 @@ from flwr.app import Message
 from devicetune.config import OptimizerSpec
 from devicetune.device.runtime import LiteRTDevice
 from devicetune.fleet.batched_head import BatchedHead
-from devicetune.fleet.grid import FleetGridBase, device_id
+from devicetune.fleet.grid import FleetGridBase
 from devicetune.fleet.messages import (
     ARRAYS,
     CONFIG,
@@ -32,6 +32,7 @@ from devicetune.fleet.population import Population
 from devicetune.fleet.round_data import local_data_of
 from devicetune.fleet.round_updates import RoundUpdates
 from devicetune.fleet.stages import STAGES
+from devicetune.fleet.streams import StreamSource, pcg64_states
 from devicetune.model.class_mask import present_classes
 
 EMBED_CHUNK = 4096  # examples per backbone call
@@ -71,13 +72,9 @@ class VectorizedGrid(FleetGridBase):
             return RoundUpdates.concatenate([])
         names, weights = record_to_weights(messages[0].content[ARRAYS])
         instructions = TrainInstructions.from_config(dict(messages[0].content[CONFIG]))
-        working, devices = [], []
-        for message in messages:
-            device = device_id(message.metadata.dst_node_id)
-            if self._drops_out(device):
-                continue
-            working.append(message)
-            devices.append(device)
+        staying = self._staying(messages)
+        devices = [device for device, _ in staying]
+        working = [message for _, message in staying]
         if not devices:
             return RoundUpdates.concatenate([])
         new_weights, metrics = self.train_shard(devices, weights, instructions)
@@ -179,8 +176,6 @@ def train_together(head: BatchedHead, features: list[np.ndarray], labels: list[n
     count = len(devices)
     sizes = np.array([len(y) for y in labels])
     order = np.argsort(-sizes, kind="stable")  # head row r is device order[r]
-    rngs = [np.random.default_rng(np.random.SeedSequence(
-        [seed, 8, instructions.server_round, devices[i]])) for i in order]
     sorted_sizes = sizes[order]
     steps = int(np.ceil(sorted_sizes[0] / batch_size))
     # Devices with rows at step s: those whose size exceeds s * batch_size (a prefix).
@@ -200,9 +195,8 @@ def train_together(head: BatchedHead, features: list[np.ndarray], labels: list[n
     class_mask = (np.stack([present_classes(labels[i], classes) for i in order])
                   if instructions.class_mask else None)
     losses = np.zeros(count)
-    for _ in range(instructions.local_epochs):
-        source = np.concatenate([offset + rng.permutation(n) for offset, rng, n
-                                 in zip(offsets, rngs, sorted_sizes, strict=True)])
+    for source in _visiting_orders(np.asarray(devices)[order], sorted_sizes, offsets,
+                                   instructions, seed):
         x = np.zeros((count, width, dim), np.float32)
         y = np.zeros((count, width), np.int64)
         x.reshape(-1, dim)[slots] = pooled_x[source]
@@ -218,3 +212,18 @@ def train_together(head: BatchedHead, features: list[np.ndarray], labels: list[n
     inverse[order] = np.arange(count)
     head.params = [p[inverse] for p in head.params]  # back to the devices' order
     return losses[inverse]
+
+
+def _visiting_orders(devices: np.ndarray, sizes: np.ndarray, offsets: np.ndarray,
+                     instructions: TrainInstructions, seed: int) -> list[np.ndarray]:
+    """Per epoch, the pooled rows in the order the devices visit them: device ``i``'s
+    rows (``offsets[i]``, ``sizes[i]`` of them) shuffled by its own per-round stream,
+    ``[seed, 8, round, device]``, one permutation per epoch, as `handle_train` draws."""
+    streams = StreamSource()
+    visits = [np.empty(int(sizes.sum()), np.int64) for _ in range(instructions.local_epochs)]
+    for state, offset, n in zip(pcg64_states((seed, 8, instructions.server_round), devices),
+                                offsets, sizes, strict=True):
+        rng = streams.generator(state)
+        for visit in visits:
+            visit[offset:offset + n] = offset + rng.permutation(n)
+    return visits
