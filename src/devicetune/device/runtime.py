@@ -80,15 +80,16 @@ class LiteRTDevice:
         self.model.configure(learning_rate or self.default_learning_rate, proximal_mu)
         labels = labels.astype(np.int32)
         loss = float("nan")
+        n = len(features)
         for epoch in range(1, epochs + 1):
-            total, count = 0.0, 0
-            for batch in padded_batches(features, labels, self.batch_size,
-                                        order=rng.permutation(len(features))):
-                real = int(batch[2].sum())
+            total = 0.0
+            for start, batch in zip(range(0, n, self.batch_size), padded_batches(
+                    features, labels, self.batch_size, order=rng.permutation(n)),
+                    strict=True):
+                real = min(self.batch_size, n - start)
                 total += self.model.train(*batch, private=private,
                                           class_mask=class_mask) * real
-                count += real
-            loss = total / max(1, count)
+            loss = total / max(1, n)
             if on_epoch is not None:
                 on_epoch(epoch)
         return loss

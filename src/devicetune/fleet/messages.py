@@ -86,10 +86,11 @@ def _resident_array_class() -> type:
         def __init__(self, ndarray: np.ndarray) -> None:
             array = np.array(ndarray, copy=True, order="C")
             array.setflags(write=False)
-            self.__dict__["_resident"] = array
-            self.dtype = str(array.dtype)
-            self.shape = tuple(int(k) for k in array.shape)
-            self.stype = SType.NUMPY
+            # Straight into __dict__: Flower's __setattr__ bookkeeping (a dirty flag,
+            # cached ids) costs microseconds per attribute, for a fresh object.
+            self.__dict__.update(_resident=array, dtype=str(array.dtype),
+                                 shape=tuple(map(int, array.shape)), stype=SType.NUMPY,
+                                 _is_dirty=True)
 
         @property  # type: ignore[override]
         def data(self) -> bytes:
