@@ -11,6 +11,7 @@ import pytest
 from devicetune.config import parse_config
 from devicetune.data import LabeledData
 from devicetune.data.inspect import inspect_config
+from devicetune.data.synthetic import SyntheticFleet
 from devicetune.errors import ConfigError
 from devicetune.fleet.population import Population
 from tests.conftest import SMALL, small_config
@@ -51,7 +52,6 @@ def test_future_overlap_mixes_past_classes_back_in() -> None:
 
 def test_without_label_shift_the_generator_is_unchanged() -> None:
     plain = _population({"windows_per_device": 30}, devices=3)
-    from devicetune.data import SyntheticFleet
 
     fleet = SyntheticFleet(3, seed=SMALL["seed"], windows_per_device=30)
     for k in range(3):
@@ -65,8 +65,13 @@ def test_label_shift_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
         small_config(fleet={"data": {"label_shift": {"past_classes": 0}}})
     with pytest.raises(ConfigError, match="future_overlap"):
         small_config(fleet={"data": {"label_shift": {"past_classes": 2, "future_overlap": 1.5}}})
+    # 6 classes: nothing left to add. Refused when the config is read, before a run
+    # folder or a build is written, and by the generator itself for Python callers.
+    with pytest.raises(ConfigError, match="past_classes = 6: the synthetic task has 6 "
+                       "classes; use 1..5"):
+        small_config(fleet={"data": {"label_shift": {"past_classes": 6}}})
     with pytest.raises(ConfigError, match="past_classes = 6"):
-        _population({"label_shift": {"past_classes": 6}})  # 6 classes: nothing to add
+        SyntheticFleet(3, label_shift=(6, 0.0))
     with pytest.raises(ConfigError, match="order"):
         small_config(fleet={"data": {"order": "by_class"}})
 

@@ -38,6 +38,16 @@ class LabelShift(Section):
         0.0, description="share of future windows from the classes the past holds"
     )
 
+    @field_validator("past_classes")
+    @classmethod
+    def _leaves_classes_to_add(cls, value: int) -> int:
+        from devicetune.data.synthetic import CLASSES  # data imports config: not at top
+
+        if value >= len(CLASSES):
+            raise ValueError(f"the synthetic task has {len(CLASSES)} classes; use "
+                             f"1..{len(CLASSES) - 1} so the future has classes to add")
+        return value
+
 
 class FleetData(DataFileFields):
     """Where each device's data comes from and how it is split: the synthetic
