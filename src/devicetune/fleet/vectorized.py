@@ -29,7 +29,7 @@ from devicetune.fleet.messages import (
     record_to_weights,
 )
 from devicetune.fleet.population import Population
-from devicetune.fleet.round_data import local_data_of
+from devicetune.fleet.round_data import train_data_of
 from devicetune.fleet.round_updates import RoundUpdates
 from devicetune.fleet.stages import STAGES
 from devicetune.model.class_mask import present_classes
@@ -58,6 +58,7 @@ class VectorizedGrid(FleetGridBase):
         self.batch_size = embedder.batch_size
         self.dp_clip_norm, self.dp_noise_multiplier = dp
         self.noise_key: tuple[int, ...] = ()  # a shard's own DP-SGD noise stream
+        self.embed_chunk = EMBED_CHUNK  # training examples generated and embedded at once
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
@@ -143,9 +144,9 @@ class VectorizedGrid(FleetGridBase):
         generated and embedded together, a few thousand examples at a time."""
         entries = {d: self.cache.get(("android", d)) for d in devices}
         missing = [d for d, entry in entries.items() if entry is None]
-        for chunk in _chunks(missing, self.population, EMBED_CHUNK):
+        for chunk in _chunks(missing, self.population, self.embed_chunk):
             with STAGES.timed("generate"):
-                trains = [local.train for local in local_data_of(self.population, chunk)]
+                trains = train_data_of(self.population, chunk)
             with STAGES.timed("embed"):
                 out = self.embedder.features(np.concatenate([t.x for t in trains]))
             cuts = np.cumsum([len(t) for t in trains])[:-1]
@@ -158,9 +159,10 @@ class VectorizedGrid(FleetGridBase):
 
 def _chunks(devices: list[int], population: Population, examples: int
             ) -> Iterable[list[int]]:
-    """Consecutive groups of devices holding about ``examples`` examples each (sizes
-    guessed from the source's windows per device when it knows them)."""
-    per_device = max(1, int(getattr(population.source, "windows_per_device", 64)))
+    """Consecutive groups of devices holding about ``examples`` training examples each
+    (sizes guessed from the source's windows per device when it knows them)."""
+    per_device = getattr(population.source, "windows_per_device", 64)
+    per_device = max(1, int(per_device * (1 - population.test_fraction)))
     size = max(1, examples // per_device)
     for start in range(0, len(devices), size):
         yield devices[start:start + size]
