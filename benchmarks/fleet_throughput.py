@@ -12,7 +12,8 @@ simulations/har_build.toml, FedAvg, 1 local epoch), in one run:
 - the compute floor: the summed time of the LiteRT calls of the inline run alone.
 
 For devicetune's in-process engines it also prints where the rounds' time went
-(generate, embed, local training, validation, aggregation, evaluation, other).
+(generate, embed, local training, validation, aggregation, evaluation, other; the
+vectorized engine's generation on its worker thread is shown apart, as overlapped).
 
 Memory is the peak resident memory of the process tree (Ray workers included) above
 what it was when the engine started. The Flower runs include Ray's start-up.
