@@ -12,7 +12,8 @@ simulations/har_build.toml, FedAvg, 1 local epoch), in one run:
 - the compute floor: the summed time of the LiteRT calls of the inline run alone.
 
 For devicetune's in-process engines it also prints where the rounds' time went
-(generate, embed, local training, validation, aggregation, evaluation, other).
+(generate, embed, local training, validation, aggregation, evaluation, other; the
+vectorized engine's generation on its worker thread is shown apart, as overlapped).
 
 Memory is the peak resident memory of the process tree (Ray workers included) above
 what it was when the engine started. The Flower runs include Ray's start-up.
@@ -140,17 +141,23 @@ def run_engine(engine: str, config, artifacts: Path, data_dir: Path) -> dict:
 
 
 def print_stages(results: dict[str, dict]) -> None:
-    """Seconds per stage of the runs that time them, the rest of the wall as other."""
+    """Seconds per stage of the runs that time them, the rest of the wall as other
+    (overlapped stages ran on a worker thread: shown, not subtracted from the wall)."""
+    from devicetune.fleet.stages import is_overlapped, main_thread_seconds
+
     timed = {name: r for name, r in results.items() if "stages" in r}
     names = list(next(iter(timed.values()))["stages"])
     print(f"{'stage (s, % of wall)':24}" + "".join(f"{n:>28}" for n in timed))
     for stage in [*names, "other"]:
         cells = []
         for r in timed.values():
-            seconds = r["wall_s"] - sum(r["stages"].values()) if stage == "other" \
+            seconds = r["wall_s"] - main_thread_seconds(r["stages"]) if stage == "other" \
                 else r["stages"][stage]
             cells.append(f"{seconds:18.3f} {100 * seconds / r['wall_s']:7.1f} %")
         print(f"{stage:24}" + "".join(f"{c:>28}" for c in cells))
+    if any(is_overlapped(stage) for stage in names):
+        print("(overlapped: on a worker thread, hidden under the other stages' wall time; "
+              "other = wall - the rest)")
 
 
 def run_flower_engine(config, artifacts: Path, data_dir: Path, out: Path) -> dict:

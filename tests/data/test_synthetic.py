@@ -3,6 +3,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from devicetune.data import SyntheticFleet, summarize_synthetic
 
@@ -96,3 +97,34 @@ def test_the_generator_gives_the_pinned_values_for_its_seed() -> None:
     np.testing.assert_allclose(other.x[2, 5, 6], -0.521065354347229, rtol=1e-6)
     np.testing.assert_allclose(other.x.astype(np.float64).sum(), -3921.2313418192734,
                                rtol=1e-7)
+
+
+def test_the_first_windows_of_a_device_are_those_of_the_whole_device() -> None:
+    # A round trains on each device's past only, generated alone: it must be exactly
+    # the start of the device its evaluation sees in full.
+    for label_shift in (None, (2, 0.3)):
+        fleet = SyntheticFleet(1_000, seed=5, windows_per_device=30,
+                               label_shift=label_shift)
+        devices = [0, 7, 123, 999, 500]
+        kept: dict[int, int] = {}
+
+        def first(device_id: int, windows: int, kept: dict[int, int] = kept) -> int:
+            kept[device_id] = device_id % windows  # 0 .. windows - 1, varied
+            return kept[device_id]
+
+        past = fleet.devices_data(devices, first=first)
+        for device, data in zip(devices, past, strict=True):
+            whole = fleet.device(device)
+            assert len(data) == kept[device] < len(whole)
+            np.testing.assert_array_equal(data.x, whole.x[:kept[device]])
+            np.testing.assert_array_equal(data.y, whole.y[:kept[device]])
+            np.testing.assert_array_equal(data.user, whole.user[:kept[device]])
+        everything = fleet.devices_data(devices, first=lambda _, windows: windows)
+        for device, data in zip(devices, everything, strict=True):
+            np.testing.assert_array_equal(data.x, fleet.device(device).x)
+
+
+def test_asking_for_more_windows_than_a_device_has_is_refused() -> None:
+    fleet = SyntheticFleet(10, seed=0)
+    with pytest.raises(ValueError, match="first"):
+        fleet.devices_data([3], first=lambda _, windows: windows + 1)

@@ -20,6 +20,7 @@ from devicetune.device.runtime import DeviceRuntime
 from devicetune.fleet.features import FeatureCache
 from devicetune.fleet.local_training import handle_train, training_data
 from devicetune.fleet.population import Population
+from devicetune.fleet.round_data import train_data_of
 
 # Flower reserves small node ids for itself (the SuperLink is node 1).
 NODE_ID_OFFSET = 1_000
@@ -122,7 +123,8 @@ class InlineGrid(FleetGridBase):
         for device, message in self._staying(messages):
             profile = self.population.profile(device)
             runtime = self.runtimes[profile.platform]
-            compute = training_data(runtime, lambda d=device: self.population.local_data(d))
+            compute = training_data(runtime,
+                                    lambda d=device: train_data_of(self.population, [d])[0])
             reply = handle_train(
                 message, runtime,
                 lambda d=device, c=compute, p=profile.platform: self.cache.fetch((p, d), c),

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from devicetune.data.labeled import LabeledData
 from devicetune.device.runtime import DeviceRuntime
 from devicetune.errors import ArtifactError
 from devicetune.fleet.messages import (
@@ -18,7 +19,7 @@ from devicetune.fleet.messages import (
     record_to_weights,
     train_reply,
 )
-from devicetune.fleet.population import DeviceProfile, LocalData
+from devicetune.fleet.population import DeviceProfile
 from devicetune.fleet.stages import STAGES
 from devicetune.model.class_mask import present_classes
 
@@ -54,11 +55,13 @@ def train_locally(runtime: DeviceRuntime, train: TrainingData, weights: list[np.
     return new_weights, metrics
 
 
-def training_data(runtime: DeviceRuntime, data: Callable[[], LocalData]) -> TrainingData:
-    """The device's training features and labels, computed by its own backbone."""
+def training_data(runtime: DeviceRuntime, train_data: Callable[[], LabeledData]
+                  ) -> TrainingData:
+    """The device's training features and labels, computed by its own backbone from
+    ``train_data()`` (its training examples, e.g. `train_data_of`)."""
     def compute() -> tuple[np.ndarray, np.ndarray]:
         with STAGES.timed("generate"):
-            train = data().train
+            train = train_data()
         with STAGES.timed("embed"):
             return runtime.features(train.x), train.y
 

@@ -102,16 +102,24 @@ class Population:
         """The device's examples, the first part (in time) for training, the rest for
         testing what the device will see next (``data``: its examples, if already read)."""
         data = self.source.device(device_id) if data is None else data
-        if len(data) < 2:
+        cut = self.train_examples(device_id, len(data))
+        return LocalData(train=data.select(slice(0, cut)), test=data.select(slice(cut, None)))
+
+    def train_examples(self, device_id: int, examples: int) -> int:
+        """How many of a device's ``examples`` (its first, in time) it trains on: all
+        but the latest ``test_fraction``, and at least one on each side.
+
+        Raises:
+            DataError: the device has fewer than 2 examples.
+        """
+        if examples < 2:
             from devicetune.errors import DataError
 
             raise DataError(f"device {device_id} (user {self.user_of(device_id)!r}) has "
-                            f"{len(data)} example(s); each device needs at least 2, one to "
+                            f"{examples} example(s); each device needs at least 2, one to "
                             "train on and one to test on")
-        n_test = int(round(len(data) * self.test_fraction))
-        n_test = min(max(n_test, 1), len(data) - 1)
-        cut = len(data) - n_test
-        return LocalData(train=data.select(slice(0, cut)), test=data.select(slice(cut, None)))
+        n_test = int(round(examples * self.test_fraction))
+        return examples - min(max(n_test, 1), examples - 1)
 
     def available(self, server_round: int) -> np.ndarray:
         """Ids of the devices online and eligible in this round (charging, idle, Wi-Fi)."""

@@ -137,6 +137,7 @@ def make_client_app(settings: AppSettings | None = None) -> Any:
     from flwr.clientapp import ClientApp
 
     from devicetune.fleet.local_training import handle_train, training_data
+    from devicetune.fleet.round_data import train_data_of
     from devicetune.server.secagg import is_secagg_train, secagg_when_asked, train_for_secagg
 
     app = ClientApp(mods=[secagg_when_asked])
@@ -161,7 +162,8 @@ def make_client_app(settings: AppSettings | None = None) -> Any:
             return Message(Error(code=0, reason=DROPPED_OUT), reply_to=message)
         profile = device.population.profile(device_id)
         runtime = device.runtimes[profile.platform]
-        compute = training_data(runtime, lambda: device.population.local_data(device_id))
+        compute = training_data(
+            runtime, lambda: train_data_of(device.population, [device_id])[0])
         return handle_train(
             message, runtime,
             lambda: device.cache.fetch((profile.platform, device_id), compute),
