@@ -6,15 +6,20 @@ In one process, on prebuilt artifacts (``--artifacts``, else built once here):
    1,000 a round, 10 rounds): device-rounds/s of the rounds, against its own compute
    floor (the seconds of the backbone's LiteRT calls and the head's batched training
    measured in the same run), with the stage breakdown. With ``--baseline-src`` the same
-   command also runs on another checkout (e.g. main's ``src``) in a child process.
+   command also runs on another checkout (e.g. an older commit's ``src``) in a child
+   process, on ``--baseline-artifacts`` when that code cannot read this build's manifest
+   (build them with that checkout).
 2. 1,000 devices a round with features cached (one warm-up round), 50 rounds: our
    stacked updates (one weighted-mean message per shard) beside the same engine
-   answering with one Flower message per device (5 rounds), in this process.
+   answering with one Flower message per device (5 rounds), in this process, and the
+   ``ray`` engine's shards on a local Ray of ``--ray-shards`` workers (Ray's start and
+   the workers' warm-up round are outside the timed rounds).
 3. Peak resident memory of a child process running 3 rounds of 200 devices from a
    fleet of 1,000 and from one of 10,000 (fresh processes, so neither sees the other's
    allocations).
 
-Run:  .venv/bin/python benchmarks/fleet_scale.py [--artifacts DIR] [--baseline-src DIR]
+Run:  .venv/bin/python benchmarks/fleet_scale.py [--artifacts DIR] [--baseline-src DIR
+      [--baseline-artifacts DIR]] [--ray-shards N]
 Prints tables and one JSON line.
 """
 
@@ -30,6 +35,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = ROOT / "simulations" / "scale_10k.toml"
@@ -176,6 +183,10 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=None)
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="another checkout's src/ to run scale_10k on (e.g. main)")
+    parser.add_argument("--baseline-artifacts", type=Path, default=None,
+                        help="a build made by the baseline's code (default: --artifacts)")
+    parser.add_argument("--ray-shards", type=int, default=2,
+                        help="Ray workers for the ray engine's cached row (0: skip it)")
     parser.add_argument("--cached-rounds", type=int, default=50)
     parser.add_argument("--per-round", type=int, default=1000)
     parser.add_argument("--per-device-rounds", type=int, default=5,
@@ -208,7 +219,8 @@ def main() -> None:
                                "vs_floor": round(ours["rounds_s"] / ours["floor_s"], 3),
                                "stages_s": {k: round(v, 3) for k, v in ours["stages"].items()}}
         if args.baseline_src is not None:
-            base = run_baseline_scale_10k(args.baseline_src, artifacts, work / "base")
+            base = run_baseline_scale_10k(args.baseline_src,
+                                          args.baseline_artifacts or artifacts, work / "base")
             print(f"{'baseline: ' + str(args.baseline_src):34} {base['rate']:16.1f}")
             print(f"\nthis code / baseline = {ours['rate'] / base['rate']:.2f}x")
             report["scale_10k"]["baseline_device_rounds_per_s"] = round(base["rate"], 1)
@@ -223,17 +235,27 @@ def main() -> None:
                 cached_fleet_config(args.per_round, args.per_round, args.per_device_rounds),
                 artifacts, data_dir, per_device=True),
         }
+        if args.ray_shards:
+            runs[f"ray engine: {args.ray_shards} shards, local Ray"] = run_rounds(
+                config, artifacts, data_dir, per_device=False, shards=args.ray_shards)
         print(f"\n{args.per_round} devices a round, features cached, {args.cached_rounds} "
               "rounds (vectorized)\n")
         print(f"{'engine answering with':34} {'device-rounds/s':>16}")
         for name, run in runs.items():
             print(f"{name:34} {run['rate']:16.1f}")
         ratio = runs["stacked updates"]["rate"] / runs["one Flower message per device"]["rate"]
-        print(f"\nstacked / per-device messages = {ratio:.2f}x")
-        stage_table("stacked updates", runs["stacked updates"]["stages"],
-                    runs["stacked updates"]["wall_s"])
         report["cached_1000"] = {name: round(run["rate"], 1) for name, run in runs.items()}
         report["cached_1000"]["stacked_vs_per_device"] = round(ratio, 2)
+        print(f"\nstacked / per-device messages = {ratio:.2f}x")
+        sharded = [run for name, run in runs.items() if name.startswith("ray")]
+        if sharded:
+            gap = max(float(np.abs(a - b).max()) for a, b in zip(
+                sharded[0]["weights"], runs["stacked updates"]["weights"], strict=True))
+            print(f"ray shards vs one process after {args.cached_rounds} rounds: largest "
+                  f"weight difference {gap:.1e}")
+            report["cached_1000"]["ray_vs_single_max_abs"] = gap
+        stage_table("stacked updates", runs["stacked updates"]["stages"],
+                    runs["stacked updates"]["wall_s"])
 
     if "memory" not in args.skip:
         small, large = memory_of_fleet(1_000, artifacts), memory_of_fleet(10_000, artifacts)
