@@ -168,7 +168,8 @@ def _generated(population: Population, chunks: list[list[int]]
     if len(chunks) < 2:
         for chunk in chunks:
             with STAGES.timed("generate"):
-                yield chunk, train_data_of(population, chunk)
+                trains = train_data_of(population, chunk)
+            yield chunk, trains  # outside the timer: the caller embeds while suspended
         return
     from concurrent.futures import ThreadPoolExecutor
 
