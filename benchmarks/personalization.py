@@ -37,9 +37,8 @@ Methods (all with ``epochs = 20``, the model's learning rate):
   the past's embeddings (``embed``) as the personal output: no training (kNN-Per).
 
 The global model is the built one (pretrained centrally, no federated rounds), so the
-rows measure personalization alone. `federation_columns` is the place for global
-accuracy before and after federated rounds per federation method (not measured here;
-``label_shift_federation.py`` measures it on these scenarios).
+rows measure personalization alone; ``label_shift_federation.py`` measures global
+accuracy before and after federated rounds on these scenarios.
 
 Run:  .venv/bin/python benchmarks/personalization.py [--epochs 20] [--work DIR]
 Prints a table and one JSON line.
@@ -132,13 +131,17 @@ def scenarios() -> list[Scenario]:
 
 
 def built(raw: dict[str, Any], work: Path, data_dir: Path) -> Path:
-    """The artifacts of ``raw``, built once into ``work`` and reused."""
+    """The artifacts of ``raw``, built once into ``work`` and reused if their parity
+    checks passed (a build whose artifacts disagree with TensorFlow writes the whole
+    folder before it raises: reusing it would measure a model no app should ship)."""
     from devicetune.config import parse_config
     from devicetune.export.build import build
 
     key = json.dumps([raw["model"], raw.get("seed", 0)], sort_keys=True).encode()
     out = work / f"{raw['name']}-{hashlib.sha256(key).hexdigest()[:10]}"
-    if not (out / "manifest.json").exists():
+    parity = out / "parity.json"
+    if not ((out / "manifest.json").exists() and parity.exists()
+            and json.loads(parity.read_text()).get("passed") is True):
         started = time.perf_counter()
         build(parse_config(raw), out, data_dir)
         print(
@@ -224,17 +227,6 @@ def row(pairs: list[tuple[float, float]]) -> dict[str, float]:
     }
 
 
-def federation_columns(scenario: Scenario, method: str) -> dict[str, float] | None:
-    """Global accuracy before and after federated rounds with ``method`` (a federation
-    strategy such as FedAvg or a class-masked step) on ``scenario``'s fleet.
-
-    The hook for the federation side of the benchmark: return
-    ``{"global_before": ..., "global_after": ...}`` in percent; None means not measured,
-    and the table prints no federation rows.
-    """
-    return None
-
-
 def format_table(table: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = [
         "| scenario | method | mean % | p10 % | worst % | harmed | mean gain (pts) |",
@@ -259,19 +251,12 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", default=None, help="scenario names to run (default: all)"
     )
-    parser.add_argument(
-        "--federation",
-        nargs="*",
-        default=[],
-        help="federation methods for federation_columns (hook)",
-    )
     args = parser.parse_args()
     from devicetune.config import resolve_data_dir
 
     data_dir = resolve_data_dir()
     args.work.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, dict[str, float]]] = {}
-    federation: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     for scenario in scenarios():
         if args.only and scenario.name not in args.only:
@@ -280,10 +265,6 @@ def main() -> None:
         print(f"{scenario.name}", file=sys.stderr, flush=True)
         run_scenario(scenario, args.work, data_dir, args.epochs)
         table[scenario.name] = {m: row(scenario.results[m]) for m in METHODS}
-        for method in args.federation:
-            columns = federation_columns(scenario, method)
-            if columns is not None:
-                federation.setdefault(scenario.name, {})[method] = columns
         print(f"  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     print(format_table(table))
     print(
@@ -292,7 +273,6 @@ def main() -> None:
                 "benchmark": "personalization",
                 "epochs": args.epochs,
                 "table": table,
-                "federation": federation,
                 "wall_s": round(time.perf_counter() - started, 1),
             }
         )
