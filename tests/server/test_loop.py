@@ -94,3 +94,39 @@ def test_bad_updates_are_rejected_and_counted(small_artifacts: Path, data_dir: P
     honest = [r for i, r in enumerate(grid.delivered) if i % 2]
     for ours, expected in zip(loop.weights, fedavg(honest), strict=True):
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+def test_a_refused_round_leaves_no_trace_in_the_server_optimiser(
+        small_artifacts: Path, data_dir: Path, strategy: str) -> None:
+    """A round the acceptance check refuses is not committed, and its pseudo-gradient
+    must not stay in FedAdam's moments or FedAvgM's momentum either: round 3 after a
+    refused round 2 is round 3 run straight after round 1 (sampling, dropouts and
+    FedAdam's bias correction are per round number, so the two are comparable)."""
+    def run(rounds: list[int], refuse: set[int]) -> FederatedLoop:
+        loop, grid = make_loop(small_artifacts, data_dir, dropout=0.0)
+        loop.strategy = make_strategy(
+            small_config(server={"strategy": strategy, "server_momentum": 0.9}).server)
+        for server_round in rounds:
+            loop.accept = lambda current, candidate, r=server_round: (r not in refuse, 0.5)
+            loop.run_round(grid, server_round)
+        return loop
+
+    refused = run([1, 2, 3], refuse={2})
+    skipped = run([1, 3], refuse=set())
+    moved = run([1, 2, 3], refuse=set())
+    for ours, expected in zip(refused.weights, skipped.weights, strict=True):
+        np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-7)
+    state, expected_state = refused._server_optimizer_state(), skipped._server_optimizer_state()
+    assert state and all(value is not None for value in state.values())
+    for name, value in state.items():
+        for a, b in zip(_arrays(value), _arrays(expected_state[name]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # And the comparison can fail: committing round 2 gives another round 3.
+    assert any(not np.allclose(a, b) for a, b in zip(moved.weights, skipped.weights,
+                                                     strict=True))
+
+
+def _arrays(state) -> list[np.ndarray]:
+    """A server optimiser's state (a dict of arrays, or FedAvgM's list) as arrays."""
+    return [np.asarray(v) for v in (state.values() if isinstance(state, dict) else state)]

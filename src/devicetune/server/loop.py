@@ -8,6 +8,7 @@ and evaluate the new global model. The loop never knows where the devices are.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from devicetune.server.private import PrivacyGuard, PrivateAggregation
 
 log = logging.getLogger("devicetune.server")
+
+# The attributes in which Flower's strategies keep a server optimiser's state.
+_OPTIMIZER_STATE = ("momentum_vector", "m_t", "v_t")
 
 
 class RoundGrid(Protocol):
@@ -186,6 +190,8 @@ class FederatedLoop:
         if shards > 1:
             extra["shards"] = shards
         if valid and quorum:
+            # What a refused round must not leave behind in a server optimiser.
+            state = self._server_optimizer_state() if self.accept is not None else {}
             with STAGES.timed("aggregation"):
                 arrays, _ = self.strategy.aggregate_train(server_round, valid)
             if arrays is not None:
@@ -198,7 +204,7 @@ class FederatedLoop:
                         log.info("round %d: aggregate not committed (accuracy %.4f on "
                                  "the server's data)", server_round, score)
                         candidate = self.weights
-                        self._rewind_server_optimizer()
+                        self._rewind_server_optimizer(state)
                 self.weights = candidate
                 # Released (and judged) from the devices' updates: account it either way.
                 if self.privacy is not None:
@@ -215,12 +221,22 @@ class FederatedLoop:
             extra=extra,
         )
 
-    def _rewind_server_optimizer(self) -> None:
+    def _server_optimizer_state(self) -> dict[str, Any]:
+        """A copy of the strategy's server-optimiser state: FedAvgM's momentum, FedAdam's
+        first and second moments (Flower's FedOpt ``m_t``, ``v_t``)."""
+        inner: Any = getattr(self.strategy, "inner", self.strategy)
+        return {name: copy.deepcopy(getattr(inner, name)) for name in _OPTIMIZER_STATE
+                if hasattr(inner, name)}
+
+    def _rewind_server_optimizer(self, state: dict[str, Any]) -> None:
         """A strategy that keeps the model it last produced (FedAvgM, FedAdam) goes back
-        to the committed one, so its next pseudo-gradient is taken from there."""
+        to the committed one, so its next pseudo-gradient is taken from there, and its
+        momentum or moments to ``state``, as they were before the refused round."""
         inner: Any = getattr(self.strategy, "inner", self.strategy)
         if getattr(inner, "current_arrays", None) is not None:
             inner.current_arrays = weights_to_record(self.names, self.weights)
+        for name, value in state.items():
+            setattr(inner, name, value)
 
     @property
     def dp_aggregation(self) -> PrivateAggregation:
