@@ -28,6 +28,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.xdist_group(SHARED_UNITS.get(module, module)))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """With ``--dist loadgroup``, stop if the groups did not take. xdist carries a test's
+    group in its node id ("...@group"); pytest 9.2 made node ids structured and xdist
+    3.8's rewrite silently stopped working (pytest-xdist#1386), which spread every module
+    over both workers: module builds ran twice, and the two Ray modules could start two
+    Ray clusters at once. pyproject.toml pins pytest below 9.2 until xdist follows."""
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    ungrouped = [nodeid for nodeid in ids if "@" not in nodeid]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"--dist loadgroup is not grouping tests (pytest {pytest.__version__}: "
+            f"{ungrouped[0]} carries no @group); see pytest-xdist#1386")
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared datasets folder ($DEVICETUNE_DATA or ../shared/datasets)."""
