@@ -141,7 +141,7 @@ class VectorizedGrid(FleetGridBase):
     def _training_data(self, devices: list[int]
                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Every device's training features and labels: cached ones reused, the rest
-        generated and embedded together, a few thousand examples at a time."""
+        generated and embedded together, about a thousand examples at a time."""
         entries = {d: self.cache.get(("android", d)) for d in devices}
         missing = [d for d, entry in entries.items() if entry is None]
         for chunk, trains in _generated(self.population,
