@@ -141,24 +141,28 @@ def _loop(small_artifacts: Path, strategy: str) -> FederatedLoop:
         max_update_norm=50.0, evaluate=lambda w: {"accuracy": 0.0}, seed=1)
 
 
-def test_a_resumed_fedadam_continues_as_if_never_stopped(tmp_path: Path, data_dir: Path,
-                                                        small_artifacts: Path) -> None:
-    """FedAdam's moments are part of the state: three rounds straight and one round,
-    commit, a fresh strategy restored from the file, two more rounds agree."""
+@pytest.mark.parametrize(("strategy", "slots"), [("fedadam", {"m_t", "v_t"}),
+                                                  ("fedavgm", {"momentum_vector"})])
+def test_a_resumed_server_optimiser_continues_as_if_never_stopped(
+        tmp_path: Path, data_dir: Path, small_artifacts: Path, strategy: str,
+        slots: set[str]) -> None:
+    """FedAdam's moments and FedAvgM's momentum are part of the state: three rounds
+    straight and one round, commit, a fresh strategy restored from the file, two more
+    rounds agree (FedAvgM's momentum was not saved before 2026-12-06)."""
     config = small_config()
     population = Population.from_config(config.fleet, config.seed, data_dir)
     runtime = LiteRTDevice(small_artifacts / "model.tflite", 0.005)
-    straight = _loop(small_artifacts, "fedadam")
+    straight = _loop(small_artifacts, strategy)
     for server_round in (1, 2, 3):
         straight.run_round(InlineGrid(population, {"android": runtime}), server_round)
 
-    first = _loop(small_artifacts, "fedadam")
+    first = _loop(small_artifacts, strategy)
     first.run_round(InlineGrid(population, {"android": runtime}), 1)
-    assert set(optimizer_state(first.strategy)) == {"m_t", "v_t"}
-    commit_state(tmp_path, ServerState(1, "fedadam", first.names, first.weights, "x" * 64,
+    assert set(optimizer_state(first.strategy)) == slots
+    commit_state(tmp_path, ServerState(1, strategy, first.names, first.weights, "x" * 64,
                                        optimizer_state(first.strategy)))
     state = load_state(tmp_path)
-    resumed = _loop(small_artifacts, "fedadam")
+    resumed = _loop(small_artifacts, strategy)
     resumed.weights = state.weights
     restore_optimizer_state(resumed.strategy, state.optimizer)
     for server_round in (2, 3):
@@ -166,7 +170,7 @@ def test_a_resumed_fedadam_continues_as_if_never_stopped(tmp_path: Path, data_di
     for ours, theirs in zip(resumed.weights, straight.weights, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
 
-    forgetful = _loop(small_artifacts, "fedadam")  # the same, without the moments
+    forgetful = _loop(small_artifacts, strategy)  # the same, without the moments
     forgetful.weights = state.weights
     for server_round in (2, 3):
         forgetful.run_round(InlineGrid(population, {"android": runtime}), server_round)

@@ -8,7 +8,6 @@ and evaluate the new global model. The loop never knows where the devices are.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
@@ -29,6 +28,7 @@ from devicetune.fleet.messages import (
 )
 from devicetune.fleet.round_updates import aggregates_by_weighted_mean
 from devicetune.fleet.stages import STAGES
+from devicetune.server.state import optimizer_state, restore_optimizer_state
 from devicetune.server.strategies import set_sample_size
 from devicetune.server.validation import update_problem
 
@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     from devicetune.server.private import PrivacyGuard, PrivateAggregation
 
 log = logging.getLogger("devicetune.server")
-
-# The attributes in which Flower's strategies keep a server optimiser's state.
-_OPTIMIZER_STATE = ("momentum_vector", "m_t", "v_t")
 
 
 class RoundGrid(Protocol):
@@ -191,7 +188,7 @@ class FederatedLoop:
             extra["shards"] = shards
         if valid and quorum:
             # What a refused round must not leave behind in a server optimiser.
-            state = self._server_optimizer_state() if self.accept is not None else {}
+            state = optimizer_state(self.strategy) if self.accept is not None else {}
             with STAGES.timed("aggregation"):
                 arrays, _ = self.strategy.aggregate_train(server_round, valid)
             if arrays is not None:
@@ -221,13 +218,6 @@ class FederatedLoop:
             extra=extra,
         )
 
-    def _server_optimizer_state(self) -> dict[str, Any]:
-        """A copy of the strategy's server-optimiser state: FedAvgM's momentum, FedAdam's
-        first and second moments (Flower's FedOpt ``m_t``, ``v_t``)."""
-        inner: Any = getattr(self.strategy, "inner", self.strategy)
-        return {name: copy.deepcopy(getattr(inner, name)) for name in _OPTIMIZER_STATE
-                if hasattr(inner, name)}
-
     def _rewind_server_optimizer(self, state: dict[str, Any]) -> None:
         """A strategy that keeps the model it last produced (FedAvgM, FedAdam) goes back
         to the committed one, so its next pseudo-gradient is taken from there, and its
@@ -235,8 +225,7 @@ class FederatedLoop:
         inner: Any = getattr(self.strategy, "inner", self.strategy)
         if getattr(inner, "current_arrays", None) is not None:
             inner.current_arrays = weights_to_record(self.names, self.weights)
-        for name, value in state.items():
-            setattr(inner, name, value)
+        restore_optimizer_state(self.strategy, state, exactly=True)
 
     @property
     def dp_aggregation(self) -> PrivateAggregation:

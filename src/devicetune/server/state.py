@@ -42,8 +42,10 @@ STATE_FILE = "server_state.npz"
 LOCK_FILE = ".serve.lock"
 STATE_FORMAT = "devicetune.server-state/1"
 _META = "__meta__"
-# Server optimizer slots of Flower's strategies (FedOpt family: FedAdam, FedYogi, ...).
-_OPTIMIZER_SLOTS = ("m_t", "v_t")
+# Server optimizer slots of Flower's strategies: the FedOpt family's moments (FedAdam,
+# FedYogi, ...), per weight name; FedAvgM's momentum, a list in the weights' order.
+_OPTIMIZER_SLOTS = ("m_t", "v_t", "momentum_vector")
+_LIST_SLOTS = ("momentum_vector",)
 
 
 @dataclass
@@ -208,25 +210,36 @@ def trim_metrics(out_dir: Path, last_round: int) -> int:
 
 
 def optimizer_state(strategy: Any) -> dict[str, dict[str, np.ndarray]]:
-    """The server optimizer state a Flower strategy holds between rounds (looked up
-    through a wrapper's ``inner`` strategy, as DP wraps it)."""
+    """A copy of the server optimizer state a Flower strategy holds between rounds
+    (looked up through a wrapper's ``inner`` strategy, as DP wraps it); a list slot is
+    keyed by position."""
     strategy = getattr(strategy, "inner", strategy)
     state = {}
     for slot in _OPTIMIZER_SLOTS:
         values = getattr(strategy, slot, None)
         if values:
-            state[slot] = {name: np.array(value) for name, value in values.items()}
+            items = enumerate(values) if slot in _LIST_SLOTS else values.items()
+            state[slot] = {str(name): np.array(value) for name, value in items}
     return state
 
 
-def restore_optimizer_state(strategy: Any, state: dict[str, dict[str, np.ndarray]]) -> None:
-    """Give a fresh strategy the optimizer state it had when the state was committed."""
+def restore_optimizer_state(strategy: Any, state: dict[str, dict[str, np.ndarray]],
+                            *, exactly: bool = False) -> None:
+    """Give a strategy the optimizer state it had when ``state`` was taken: a fresh one
+    after a resume, or (``exactly``) one that moved on since, whose slots absent from
+    ``state`` go back to empty (a round the server refused)."""
     strategy = getattr(strategy, "inner", strategy)
     for slot, values in state.items():
         if not hasattr(strategy, slot):
             raise ServerError(f"the saved optimizer state has {slot!r}, which strategy "
                               f"{type(strategy).__name__} does not keep")
-        setattr(strategy, slot, {name: np.array(value) for name, value in values.items()})
+        arrays = {name: np.array(value) for name, value in values.items()}
+        setattr(strategy, slot, [arrays[str(k)] for k in range(len(arrays))]
+                if slot in _LIST_SLOTS else arrays)
+    if exactly:
+        for slot in _OPTIMIZER_SLOTS:
+            if slot not in state and getattr(strategy, slot, None) is not None:
+                setattr(strategy, slot, None)
 
 
 # ----------------------------------------------------------------------------- the folder
