@@ -155,11 +155,7 @@ MALFORMED = [
 def test_malformed_config_fails_with_one_line_naming_file_and_field(
     tmp_path: Path, text: str, field: str, words: str
 ) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert "\n" not in message
+    path, message = _one_line_error(tmp_path, text)
     assert message.startswith(str(path))
     assert field in message
     assert words in message
@@ -181,12 +177,18 @@ UNKNOWN_FIRST = [
 def test_unknown_keys_and_sections_are_reported_first_with_a_suggestion(
     tmp_path: Path, text: str, words: str
 ) -> None:
+    path, message = _one_line_error(tmp_path, text)
+    assert message.startswith(f"{path}: {words}"), message
+
+
+def _one_line_error(tmp_path: Path, text: str) -> tuple[Path, str]:
+    """The config file of ``text`` and the error loading it gives, checked to be one line."""
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith(f"{path}: {words}"), message
+    return path, message
 
 
 def test_not_toml_names_the_file_and_position(tmp_path: Path) -> None:
